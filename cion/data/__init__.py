@@ -1,0 +1,1 @@
+"""Data: the manifest contract, dataset readers, samplers, transforms and the synthetic world."""

@@ -1,0 +1,20 @@
+"""Shared fixtures. The synthetic world is generated once per test session, small and fast."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small synthetic world (A: noisy tracklets, B: Market-layout benchmark) at 64x32.
+
+    Layout: ``<root>/pretrain/manifest.parquet`` (+ images), ``<root>/market/{bounding_box_train,
+    bounding_box_test,query}``, ``<root>/contact_sheet.png``, ``<root>/world.json``.
+    """
+    from cion.data.synth import WorldConfig, generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    cfg = WorldConfig(identities=40, videos=12, cameras=4, image_size=(64, 32),
+                      bench_identities=40, seed=0)
+    generate_world(root, cfg, workers=1, progress=False)
+    return root
