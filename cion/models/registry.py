@@ -1,7 +1,6 @@
 """The ReIDZoo registry: 32 backbones of 10 families, their metadata and ``create_model``.
 
-Every model maps float images (B, 3, H, W) to features (B, D). ``D`` is ``model.feature_dim``
-(also timm's ``model.num_features``). Models are built for 256x128 (height x width) and also accept
+Every model maps float images (B, 3, H, W) to features (B, D). ``D`` is ``model.feature_dim``. Models are built for 256x128 (height x width) and also accept
 128x64 local crops (CNNs accept any size; ViT/VOLO resample their position embeddings; Swin pads
 to whole windows). CNNs accept ``channels_last`` inputs.
 """
@@ -204,13 +203,16 @@ def create_model(name: str, checkpoint=None, img_size=(256, 128), **kw):
             other sizes (e.g. 128x64 local crops) also work. Ignored by CNNs.
         **kw: passed to timm (e.g. ``drop_path_rate=0.1``).
 
-    The model has ``feature_dim`` (= ``num_features``) and ``zoo_name`` attributes. It is returned
+    The model has ``feature_dim`` (the output width D) and ``zoo_name`` attributes (timm's
+    ``num_features`` is the pre-pooling width, which differs for GhostNet: 480..1248 vs 1280). It is returned
     in train mode, like any freshly built torch module; call ``.eval()`` for inference.
     """
     entry = get_entry(name)
     model = _builders()[entry.builder](entry.timm_name, tuple(img_size), **entry.builder_kwargs, **kw)
-    if getattr(model, "num_features", entry.feature_dim) != entry.feature_dim:
-        raise RuntimeError(f"{name}: built width {model.num_features} != registry {entry.feature_dim}")
+    # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (GhostNet, FastViT)
+    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", entry.feature_dim)
+    if width != entry.feature_dim:
+        raise RuntimeError(f"{name}: built width {width} != registry {entry.feature_dim}")
     model.feature_dim = entry.feature_dim
     model.zoo_name = name
     if checkpoint is not None:
