@@ -1,0 +1,179 @@
+"""The synthetic pedestrian world: determinism, noise ground truth, Market layout, difficulty."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cion.data.manifest import read_manifest
+from cion.data.synth import WorldConfig, generate_world, plan_world
+from cion.errors import CionError
+from cion.handcrafted import colour_histogram_files
+
+MARKET_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".jpg", ".parquet"):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _market(root: Path, folder: str):
+    files = sorted((root / "market" / folder).glob("*.jpg"))
+    parsed = [MARKET_NAME.match(f.name) for f in files]
+    assert all(parsed), [f.name for f, m in zip(files, parsed) if not m][:3]
+    return files, np.array([int(m.group(1)) for m in parsed]), np.array([int(m.group(2)) for m in parsed])
+
+
+def _slow_map(dist, qp, qc, gp, gc):
+    """Per-query Market protocol, obviously correct (loop)."""
+    aps = []
+    for i in range(len(qp)):
+        order = np.argsort(dist[i], kind="stable")
+        valid = ~((gp[order] == qp[i]) & (gc[order] == qc[i])) & (gp[order] != -1)
+        match = (gp[order] == qp[i])[valid]
+        if match.any():
+            hits = np.flatnonzero(match)
+            aps.append(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
+    return float(np.mean(aps))
+
+
+def test_same_seed_same_bytes_any_worker_count(tmp_path):
+    cfg = WorldConfig(identities=6, videos=3, cameras=3, bench_identities=4, image_size=(32, 16), seed=3)
+    generate_world(tmp_path / "a", cfg, workers=1, progress=False)
+    generate_world(tmp_path / "b", cfg, workers=2, progress=False)
+    generate_world(tmp_path / "c", WorldConfig(**{**cfg.__dict__, "seed": 4}), progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_outputs_exist_and_manifest_is_valid(tiny_world):
+    df = read_manifest(tiny_world / "pretrain" / "manifest.parquet", check_paths=True)
+    assert {"true_identity", "noise"} <= set(df.columns)
+    assert set(df["noise"]) <= {"none", "switch", "false_detection"}
+    assert (df["identity"] == -1).all()  # unknown until denoised
+    assert (tiny_world / "contact_sheet.png").stat().st_size > 1000
+    info = json.loads((tiny_world / "world.json").read_text())
+    assert info["stats"]["pretrain"]["images"] == len(df)
+    # rows sorted by video, tracklet, frame; identities re-appear across videos
+    assert df["tracklet"].is_monotonic_increasing
+    videos_per_id = df[df.noise == "none"].groupby("true_identity")["video"].nunique()
+    assert (videos_per_id > 1).mean() > 0.5
+
+
+def _main_identity(df: pd.DataFrame) -> pd.Series:
+    return df.groupby("tracklet")["true_identity"].agg(lambda s: s[s >= 0].mode().min())
+
+
+def test_noise_ground_truth_counts_exactly(tiny_world):
+    df = read_manifest(tiny_world / "pretrain" / "manifest.parquet")
+    main = df["tracklet"].map(_main_identity(df))
+    switch = (df.true_identity >= 0) & (df.true_identity != main)
+    false_det = df.true_identity == -1
+    assert (switch == (df.noise == "switch")).all()
+    assert (false_det == (df.noise == "false_detection")).all()
+    # the main identity holds more than half of every tracklet
+    share = (df.true_identity == main).groupby(df.tracklet).mean()
+    assert (share > 0.5).all()
+    # fragments: tracklets of one (video, main identity) beyond the first
+    mains = _main_identity(df)
+    video = df.groupby("tracklet")["video"].first()
+    fragments = len(mains) - len(pd.DataFrame({"v": video, "i": mains}).drop_duplicates())
+    stats = json.loads((tiny_world / "world.json").read_text())["stats"]["pretrain"]
+    assert fragments == stats["extra_tracklets_from_fragmentation"] > 0
+    assert switch.sum() == stats["switch_rows"] and false_det.sum() == stats["false_detection_rows"]
+
+
+@pytest.mark.parametrize("rates", [(0.05, 0.05, 0.25), (0.12, 0.02, 0.5), (0.0, 0.1, 0.0)])
+def test_noise_rates_match_request(rates):
+    switch, fd, frag = rates
+    world = plan_world(WorldConfig(identities=120, videos=30, switch_rate=switch,
+                                   false_detection_rate=fd, fragment_rate=frag, seed=1))
+    noise = np.array(world.pretrain_rows["noise"])
+    n = len(noise)
+    assert abs((noise == "switch").mean() - switch) <= 0.5 / n + 1e-9
+    assert abs((noise == "false_detection").mean() - fd) <= 0.5 / n + 1e-9
+    stats = world.stats["pretrain"]
+    assert abs(stats["fragmented_appearances"] / stats["appearances"] - frag) <= 0.5 / stats["appearances"] + 1e-9
+    assert (stats["extra_tracklets_from_fragmentation"] >= stats["fragmented_appearances"])
+
+
+def test_benchmark_is_market_layout(tiny_world):
+    qf, qp, qc = _market(tiny_world, "query")
+    gf, gp, gc = _market(tiny_world, "bounding_box_test")
+    tf, tp, tc = _market(tiny_world, "bounding_box_train")
+    assert len(qf) and len(gf) and len(tf)
+    assert (0 in gp) and (-1 in gp)                      # distractors and junk, in the gallery only
+    assert tp.min() > 0 and qp.min() > 0
+    assert not set(tp) & set(gp[gp > 0])                 # train / test identities disjoint
+    assert set(qp) <= set(gp)
+    for pid, cam in zip(qp, qc):                         # every query has a cross-camera positive
+        assert ((gp == pid) & (gc != cam)).any()
+    assert len({(p, c) for p, c in zip(qp, qc)}) == len(qp)  # one query per identity and camera
+
+
+def test_world_is_neither_trivial_nor_noise(tiny_world):
+    qf, qp, qc = _market(tiny_world, "query")
+    gf, gp, gc = _market(tiny_world, "bounding_box_test")
+    q, g = colour_histogram_files(qf), colour_histogram_files(gf)
+    dist = 1.0 - q @ g.T
+    baseline = _slow_map(dist, qp, qc, gp, gc)
+    chance = np.mean([_slow_map(np.random.default_rng(s).random(dist.shape), qp, qc, gp, gc)
+                      for s in range(3)])
+    oracle = _slow_map((qp[:, None] != gp[None]).astype(float), qp, qc, gp, gc)
+    assert oracle == 1.0
+    assert baseline > 3 * chance and baseline > 0.12, (baseline, chance)
+    assert baseline < 0.7, baseline
+    same = (qp[:, None] == gp[None]) & (qc[:, None] != gc[None])
+    other = (qp[:, None] != gp[None]) & (gp[None] > 0)
+    assert dist[same].mean() < dist[other].mean() - 0.05
+
+
+def test_config_errors_are_user_errors():
+    for bad in (dict(identities=0), dict(cameras=12), dict(switch_rate=0.6), dict(image_size=(8, 4))):
+        with pytest.raises(CionError):
+            plan_world(WorldConfig(**bad))
+
+
+def _cion(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cion.cli", *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("args", [
+    ["--identities", "0"],
+    ["--image-size", "abc"],
+    ["--image-size", "4x2"],
+    ["--identities", "many"],
+])
+def test_cli_bad_arguments_one_line_exit_2(tmp_path, args):
+    res = _cion("synth", "--out", str(tmp_path / "w"), *args)
+    assert res.returncode == 2, res
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_cli_unwritable_out(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _cion("synth", "--out", str(blocker / "w"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--out" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_help_lists_the_stages():
+    res = _cion("--help")
+    assert res.returncode == 0
+    for stage in ("ingest", "extract", "denoise", "pretrain", "finetune", "evaluate", "zoo", "demo", "synth"):
+        assert stage in res.stdout
