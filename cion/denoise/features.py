@@ -1,0 +1,121 @@
+"""Reading image features for denoising: memory-mapped, validated, normalised block by block.
+
+Features are an ``(N, D)`` float16 / float32 / float64 array, usually a ``.npy`` file opened with
+``mmap_mode='r'``. Nothing here copies the whole array: rows are read in blocks (or gathered by
+index), converted to float64, checked (finite, non-zero) and L2-normalised. After each pass the
+pages the process touched are handed back to the page cache (``madvise(MADV_DONTNEED)``) so the
+resident set stays near the working memory rather than growing to the file size.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cion.errors import CionError
+
+
+class FeatureError(CionError, ValueError):
+    """Features unusable for denoising (NaN / zero rows, wrong shape or dtype)."""
+
+
+def open_features(features, source: str = "features") -> np.ndarray:
+    """Return an ``(N, D)`` array view: a path is opened memory-mapped, an array is used as is."""
+    if isinstance(features, (str, os.PathLike)):
+        path = Path(features)
+        if not path.exists():
+            raise FeatureError(f"{path}: no such features file. Fix: write it with `cion extract` "
+                               "or numpy.save (shape rows x D, float16/float32)")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise FeatureError(f"{path}: not a readable .npy array ({err}). Fix: save the features "
+                               "with numpy.save") from None
+        source = str(path)
+    else:
+        arr = features
+        if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
+            arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise FeatureError(f"{source}: features must be a 2-D array (rows, D), got shape "
+                           f"{tuple(arr.shape)}")
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        raise FeatureError(f"{source}: features dtype {arr.dtype} is not float16/float32/float64. "
+                           "Fix: save them as float16 or float32")
+    return arr
+
+
+class FeatureSource:
+    """Validated, normalised float64 access to rows of a (possibly memory-mapped) feature array.
+
+    Args:
+        features: ``(N, D)`` array or ``np.memmap``.
+        source: name used in error messages.
+    """
+
+    def __init__(self, features: np.ndarray, source: str = "features"):
+        self.X = features
+        self.source = source
+        self.n, self.dim = int(features.shape[0]), int(features.shape[1])
+
+    # -- reading ---------------------------------------------------------------------------
+    def _check(self, raw: np.ndarray, rows: np.ndarray | None, start: int) -> np.ndarray:
+        """float64 copy of ``raw`` L2-normalised; raises on NaN/inf or zero rows."""
+        x = raw.astype(np.float64)
+        sq = np.einsum("ij,ij->i", x, x)
+        bad = ~np.isfinite(sq) | (sq <= 0.0)
+        if bad.any():
+            local = np.flatnonzero(bad)
+            where = (rows[local] if rows is not None else local + start)[:5].tolist()
+            kind = "NaN/inf" if not np.isfinite(sq[local[0]]) else "all-zero"
+            raise FeatureError(
+                f"{self.source}: {int(bad.sum())}+ feature rows are {kind} or otherwise unusable "
+                f"(manifest rows {where}...). Fix: re-extract those images or drop the rows from "
+                "the manifest and the features together")
+        x /= np.sqrt(sq)[:, None]
+        return x
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as normalised float64, shape (stop-start, D)."""
+        return self._check(np.asarray(self.X[start:stop]), None, start)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order) as normalised float64, shape (len(rows), D)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.dim))
+        srt = np.argsort(rows, kind="stable")
+        r = rows[srt]
+        if r[-1] - r[0] + 1 == len(r) and (len(r) == 1 or np.all(np.diff(r) == 1)):
+            raw = np.asarray(self.X[r[0]:r[-1] + 1])
+        else:
+            raw = self.X[r]
+        out = np.empty((len(rows), self.dim))
+        out[srt] = self._check(raw, r, 0)
+        return out
+
+    def take_chunks(self, rows: np.ndarray, chunk: int = 32768):
+        """Yield ``(slice, block)`` pairs covering ``rows`` in chunks (bounded memory)."""
+        for a in range(0, len(rows), chunk):
+            yield slice(a, min(a + chunk, len(rows))), self.take(rows[a:a + chunk])
+
+    # -- memory ----------------------------------------------------------------------------
+    def release(self) -> None:
+        """Drop this process's resident pages of the memory map (they stay in the page cache)."""
+        mm = getattr(self.X, "_mmap", None)
+        if mm is None and isinstance(self.X, np.memmap):
+            mm = getattr(self.X.base, "_mmap", None)
+        base = self.X
+        while mm is None and getattr(base, "base", None) is not None:
+            base = base.base
+            if isinstance(base, mmap.mmap):
+                mm = base
+            else:
+                mm = getattr(base, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass

@@ -1,0 +1,95 @@
+"""The noise of a labelled sample set (paper Eq. 1-3).
+
+For spheres (identities) ``k = 1..M`` with centroid ``c_k`` (mean of the members):
+
+* ``n_cst_k = [r_k >= sigma_cst]`` with ``r_k = max_i d(x_i, c_k)`` (the test Eq. 4 uses);
+* ``n_drm_ij = [d(c_i, c_j) < sigma_drm]`` (the test Eq. 6-7 use to link);
+* ``n_S = (sum_k n_cst_k + sum_{i != j} n_drm_ij) / M`` - ordered pairs, so each close pair
+  counts twice, as the double sum of Eq. 3 is written.
+
+The radii need one dot product per image with its own centroid (callers pass them in). The close
+centroid pairs are counted exactly (blocked products) up to ``exact_limit`` spheres; above it by a
+neighbour search that only compares centroids falling in the same cell of a k-means tree (cells of
+about ``cell_size``), which is ``O(M * cell_size * D)`` instead of ``O(M^2 * D)``. That count can
+miss close pairs split across cells (a lower bound); the stats say which one was used.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _count_block_pairs(U: np.ndarray, sigma_drm: float, block: int = 2048) -> int:
+    """Exact number of unordered pairs i < j of rows of U with ``1 - <u_i, u_j> < sigma_drm``."""
+    n = len(U)
+    total = 0
+    for a in range(0, n, block):                 # blocked upper triangle
+        b = min(a + block, n)
+        d = 1.0 - U[a:b] @ U[a:].T
+        upper = np.arange(a, n)[None, :] > np.arange(a, b)[:, None]
+        total += int(np.count_nonzero((d < sigma_drm) & upper))
+    return total
+
+
+def _tree_cells(U: np.ndarray, idx: np.ndarray, cell_size: int, seed: int, depth: int = 0):
+    """Split ``idx`` into cells of about ``cell_size`` rows by recursive spherical k-means."""
+    if len(idx) <= 4 * cell_size or depth >= 4:
+        return [idx]
+    import faiss
+
+    k = int(min(256, -(-len(idx) // cell_size)))
+    rng = np.random.default_rng(seed + depth)
+    sample = U[np.sort(rng.choice(idx, size=min(len(idx), 48 * k), replace=False))]
+    km = faiss.Kmeans(U.shape[1], k, niter=8, spherical=True, seed=seed + depth, verbose=False)
+    km.train(np.ascontiguousarray(sample, dtype=np.float32))
+    _, cell = km.index.search(np.ascontiguousarray(U[idx], dtype=np.float32), 1)
+    cell = cell[:, 0]
+    o = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[o], np.arange(k + 1))
+    parts = [idx[o[bounds[c]:bounds[c + 1]]] for c in range(k) if bounds[c + 1] > bounds[c]]
+    if len(parts) == 1:
+        return parts
+    out = []
+    for part in parts:                          # one iteration per cell
+        out.extend(_tree_cells(U, part, cell_size, seed, depth + 1))
+    return out
+
+
+def count_close_pairs(U: np.ndarray, sigma_drm: float, *, exact_limit: int = 20000,
+                      cell_size: int = 1000, seed: int = 0) -> tuple[int, bool]:
+    """Unordered pairs of centroid directions ``U`` (M, D) closer than ``sigma_drm``.
+
+    Returns ``(count, exact)``. Rows of zeros (zero centroids) are never close to anything.
+    """
+    M = len(U)
+    if M <= exact_limit:
+        return _count_block_pairs(np.asarray(U, dtype=np.float64), sigma_drm), True
+    U32 = np.asarray(U, dtype=np.float32)
+    total = 0
+    for cell in _tree_cells(U32, np.arange(M), cell_size, seed):
+        total += _count_block_pairs(U32[cell], sigma_drm)
+    return total, False
+
+
+def noise_from_dots(labels: np.ndarray, own_dot: np.ndarray, U: np.ndarray,
+                    sigma_cst: float, sigma_drm: float, **search) -> dict:
+    """n_S of a labelling.
+
+    Args:
+        labels: (K,) sphere id 0..M-1 of each member (members only; no -1).
+        own_dot: (K,) ``<x_i, u_label>`` with ``u`` the unit centroid direction (0 for a zero
+            centroid), so ``d(x_i, c) = 1 - own_dot``.
+        U: (M, D) unit centroid directions.
+
+    Returns a dict: ``identities``, ``n_cst`` (spheres with radius >= sigma_cst), ``n_drm_pairs``
+    (unordered close pairs), ``n_S``, ``n_S_exact`` (False when the pair count is the neighbour-
+    search lower bound).
+    """
+    M = len(U)
+    if M == 0:
+        return {"identities": 0, "n_cst": 0, "n_drm_pairs": 0, "n_S": 0.0, "n_S_exact": True}
+    mind = np.full(M, np.inf)
+    np.minimum.at(mind, labels, own_dot)
+    n_cst = int(np.count_nonzero(1.0 - mind >= sigma_cst))
+    pairs, exact = count_close_pairs(U, sigma_drm, **search)
+    return {"identities": int(M), "n_cst": n_cst, "n_drm_pairs": int(pairs),
+            "n_S": (n_cst + 2 * pairs) / M, "n_S_exact": bool(exact)}

@@ -1,0 +1,367 @@
+"""Progressive multi-level denoising: tracklets -> cross-video identities (paper Sec. 3.2).
+
+>>> from cion.denoise import denoise
+>>> identity, status = denoise("features.npy", df["video"], df["tracklet"])
+
+Levels (any subset, always run in this order): ``tracklet`` (Eq. 4), ``video`` (Eq. 5-6),
+``cross`` (Eq. 7). The exact rules (ordering, ties, numbering) are those of SPEC.md section 3 and
+of the literal transcription :mod:`cion.denoise.reference`, which the tests hold this fast
+implementation to. Features are read block by block from a memory map; memory is a few arrays of
+(tracklets x D) float64 plus blocks, never a full copy of the features.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cion.denoise.cross import ORDERS, cross_links
+from cion.denoise.features import FeatureSource, open_features
+from cion.denoise.noise import noise_from_dots
+from cion.denoise.reference import LEVELS
+from cion.denoise.segments import (components, number_by_first_row, run_starts, segment_sums,
+                                   unit_rows)
+from cion.denoise.tracklet import denoise_tracklets
+from cion.denoise.video import merge_pairs, reallocate
+from cion.errors import CionError
+
+STATUS_NAMES = ("kept", "reallocated", "discarded")
+
+
+@dataclass
+class DenoiseResult:
+    """What :func:`denoise` returns; unpacks as ``identity, status = result``.
+
+    Attributes:
+        identity: (N,) int64 identity per manifest row, 0..M-1 numbered by first row, -1 discarded.
+        status: (N,) object array of ``kept`` / ``reallocated`` / ``discarded``.
+        status_code: (N,) int8 index into :data:`STATUS_NAMES`.
+        stats: one dict per stage (``raw`` then each level run): identities, images kept /
+            reallocated / discarded, noise (``n_S``, ``n_cst``, ``n_drm_pairs``), seconds.
+        params: the thresholds and options used.
+    """
+    identity: np.ndarray
+    status_code: np.ndarray
+    stats: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> np.ndarray:
+        return np.array(STATUS_NAMES, dtype=object)[self.status_code]
+
+    def __iter__(self):
+        yield self.identity
+        yield self.status
+
+
+def parse_levels(levels) -> tuple[str, ...]:
+    """``"tracklet,video,cross"`` or an iterable of names -> canonical tuple (paper order)."""
+    if isinstance(levels, str):
+        names = [s.strip() for s in levels.split(",") if s.strip()]
+    else:
+        names = [str(s).strip() for s in levels]
+    unknown = [s for s in names if s not in LEVELS]
+    if unknown:
+        raise CionError(f"unknown denoising level(s) {unknown}; choose from {list(LEVELS)} "
+                        "(comma-separated, e.g. --levels tracklet,video,cross)")
+    return tuple(s for s in LEVELS if s in names)
+
+
+class _Phases:
+    """Optional rich progress bars, one per phase."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn)
+            self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(),
+                                TextColumn("{task.completed:>12,.0f}/{task.total:,.0f}"),
+                                TimeElapsedColumn(), transient=False)
+            self.bar.start()
+
+    def phase(self, name: str, total: float):
+        if self.bar is None:
+            return lambda done: None
+        task = self.bar.add_task(name, total=max(total, 1))
+        return lambda done: self.bar.update(task, completed=done)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _layout(video, tracklet, n: int):
+    """Sequence layout: videos by first appearance, tracklets by first row, rows ascending."""
+    video = np.asarray(video)
+    tracklet = np.asarray(tracklet)
+    if len(video) != n or len(tracklet) != n:
+        raise CionError(f"features have {n} rows but video has {len(video)} and tracklet "
+                        f"{len(tracklet)} entries; they must be the same rows in the same order")
+    vcode, vuniq = pd.factorize(video, sort=False)
+    tcode, tuniq = pd.factorize(tracklet, sort=False)
+    if (vcode < 0).any() or (tcode < 0).any():
+        raise CionError("video / tracklet contain missing values; give every row a value")
+    T = len(tuniq)
+    first_row = np.full(T, n, dtype=np.int64)
+    np.minimum.at(first_row, tcode, np.arange(n))
+    tv = vcode[first_row]
+    if (tv[tcode] != vcode).any():
+        bad = int(tuniq[tcode[np.flatnonzero(tv[tcode] != vcode)[0]]])
+        raise CionError(f"tracklet {bad} appears in more than one video; tracklet ids must be "
+                        "unique across the whole manifest")
+    torder = np.lexsort((np.arange(T), tv))            # by (video first appearance, first row)
+    tnew = np.empty(T, dtype=np.int64)
+    tnew[torder] = np.arange(T)
+    tid_row = tnew[tcode]
+    order = np.lexsort((np.arange(n), tid_row))         # positions -> manifest rows
+    tid_pos = tid_row[order]
+    tstart = np.searchsorted(tid_pos, np.arange(T + 1)).astype(np.int64)
+    tvideo = tv[torder].astype(np.int64)
+    vtstart = np.searchsorted(tvideo, np.arange(len(vuniq) + 1)).astype(np.int64)
+    return order, tid_pos, tstart, tvideo, vtstart
+
+
+def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
+                       block_rows: int = 32768, tick=None):
+    """One pass over the features in sequence order (blocks of whole tracklets).
+
+    Returns ``(S, p, q)``: S (T, D) float64 member sums of each tracklet, p (N,) ``<x_i, S_t>``
+    and q (N,) ``|x_i|^2`` per sequence position. Raises on NaN / zero rows.
+    """
+    T = len(tstart) - 1
+    cnt = np.diff(tstart)
+    S = np.zeros((T, src.dim))
+    p = np.empty(len(order))
+    q = np.empty(len(order))
+    a = 0
+    while a < T:                 # one iteration per block of whole tracklets
+        b = int(np.searchsorted(tstart, tstart[a] + block_rows, side="right")) - 1
+        b = max(b, a + 1)
+        lo, hi = int(tstart[a]), int(tstart[b])
+        xb = src.take(order[lo:hi])
+        q[lo:hi] = np.einsum("ij,ij->i", xb, xb)
+        S[a:b] = np.add.reduceat(xb, tstart[a:b] - lo, axis=0)
+        p[lo:hi] = np.einsum("ij,ij->i", xb, np.repeat(S[a:b], cnt[a:b], axis=0))
+        del xb
+        a = b
+        if tick is not None:
+            tick(hi)
+    src.release()
+    return S, p, q
+
+
+def _own_dots_from_sums(p: np.ndarray, S: np.ndarray, t_of: np.ndarray, cnt: np.ndarray):
+    """``<x_i, u_t>`` from ``p_i = <x_i, S_t>``: divide by ``|S_t|`` (0 for a zero centroid)."""
+    U_norm = np.sqrt(np.einsum("ij,ij->i", S, S))
+    zero = U_norm / np.maximum(cnt, 1) <= 1e-9
+    inv = np.where(zero, 0.0, 1.0 / np.where(zero, 1.0, U_norm))
+    return p * inv[t_of]
+
+
+def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: float = 0.18,
+            range_half_width: int = 1000, levels=LEVELS, cross_order: str = "sequence",
+            noise_stats: bool = True, noise_exact_limit: int = 20000, progress: bool = False,
+            block_rows: int = 32768, seed: int = 0) -> DenoiseResult:
+    """Denoise tracklets into cross-video identities (paper Eq. 4-7, SPEC.md section 3).
+
+    Args:
+        features: (N, D) float16/32/64 array or ``.npy`` path (opened memory-mapped), one
+            feature per manifest row; need not be normalised (rows are L2-normalised here).
+        video: (N,) video of each row; tracklet: (N,) tracklet id of each row (unique per video).
+        sigma_cst: intra-consistency threshold (paper 0.2): exclusion at ``>=``, reallocation
+            at ``<``. sigma_drm: inter-discrimination threshold (paper 0.18), link at ``<``.
+        range_half_width: ``r_s`` of the sliding range (paper 1000).
+        levels: subset of ``("tracklet", "video", "cross")`` or a comma-separated string.
+        cross_order: ``sequence`` (paper), ``coarse`` or ``both`` (see :mod:`cion.denoise.cross`).
+        noise_stats: compute n_S (Eq. 3) for the raw tracklets and after each level.
+        noise_exact_limit: count close centroid pairs exactly up to this many identities,
+            above it with the k-means-tree neighbour search (see :mod:`cion.denoise.noise`).
+        progress: show progress bars.
+        block_rows: rows read per block.
+
+    Returns:
+        :class:`DenoiseResult` (unpacks as ``identity, status``).
+
+    Raises:
+        CionError: rows of features / video / tracklet differ, NaN or zero feature rows, an
+            unknown level, bad thresholds.
+    """
+    lv = parse_levels(levels)
+    if cross_order not in ORDERS:
+        raise CionError(f"unknown cross-video order '{cross_order}'; choose one of {list(ORDERS)}")
+    for name, val in (("sigma_cst", sigma_cst), ("sigma_drm", sigma_drm)):
+        if not (0.0 < float(val) <= 2.0):
+            raise CionError(f"{name} = {val} is outside (0, 2]; cosine distances lie in [0, 2]")
+    if int(range_half_width) < 0:
+        raise CionError(f"range half-width {range_half_width} must be >= 0")
+    X = open_features(features)
+    src = FeatureSource(X, str(features) if isinstance(features, (str, bytes)) or
+                        hasattr(features, "__fspath__") else "features")
+    n, D = src.n, src.dim
+    order, tid_pos, tstart, tvideo, vtstart = _layout(video, tracklet, n)
+    T = len(tstart) - 1
+    cnt = np.diff(tstart).astype(np.int64)
+    search = {"exact_limit": noise_exact_limit, "seed": seed}
+    ph = _Phases(progress)
+    stats: list[dict] = []
+    pending = []                     # (stage dict, member positions, labels, unit centroids)
+    try:
+        # ---- pass 1: validate, normalise, tracklet sums and member dot products ----------
+        t0 = time.perf_counter()
+        tick = ph.phase("reading features", n)
+        S, p, q = read_tracklet_sums(src, order, tstart, block_rows, tick)
+        src.release()
+        read_s = time.perf_counter() - t0
+
+        def stage(name, seconds, ident_count, code_pos, **extra):
+            kept = int(np.count_nonzero(code_pos == 0))
+            st = {"level": name, "identities": int(ident_count), "images_kept": kept,
+                  "images_reallocated": int(np.count_nonzero(code_pos == 1)),
+                  "images_discarded": int(np.count_nonzero(code_pos == 2)),
+                  "seconds": round(float(seconds), 4)}
+            st.update(extra)
+            stats.append(st)
+            return st
+
+        code_pos = np.zeros(n, dtype=np.int8)          # status per position
+        st = stage("raw", read_s, T, code_pos)
+        if noise_stats:
+            ts = time.perf_counter()
+            dots = _own_dots_from_sums(p, S, tid_pos, cnt)
+            st.update(noise_from_dots(tid_pos, dots, unit_rows(S, cnt), sigma_cst, sigma_drm,
+                                      **search))
+            st["noise_seconds"] = round(time.perf_counter() - ts, 4)
+
+        # ---- level 1 -------------------------------------------------------------------
+        alive = np.ones(n, dtype=bool)
+        excluded = np.zeros(0, dtype=np.int64)
+        if "tracklet" in lv:
+            t0 = time.perf_counter()
+            tick = ph.phase("level 1: tracklets (rounds)", 0)
+            alive, excluded, rounds = denoise_tracklets(
+                src, order, tstart, S, cnt, p, q, sigma_cst,
+                progress=lambda r, e: tick(r))
+            src.release()
+            code_pos[excluded] = 2
+            st = stage("tracklet", time.perf_counter() - t0, T, code_pos, rounds=int(rounds),
+                       excluded=int(len(excluded)))
+            if noise_stats:
+                ts = time.perf_counter()
+                ap = np.flatnonzero(alive)
+                dots = _own_dots_from_sums(p[ap], S, tid_pos[ap], cnt)
+                st.update(noise_from_dots(tid_pos[ap], dots, unit_rows(S, cnt), sigma_cst,
+                                          sigma_drm, **search))
+                st["noise_seconds"] = round(time.perf_counter() - ts, 4)
+        # first alive row of each tracklet (ties in Eq. 5 go to the earliest row)
+        apos = np.flatnonzero(alive)
+        fs = run_starts(tid_pos[apos])
+        key = np.empty(T, dtype=np.int64)
+        key[tid_pos[apos[fs]]] = order[apos[fs]]
+
+        # ---- level 2 -------------------------------------------------------------------
+        target = np.full(len(excluded), -1, dtype=np.int64)
+        glab = np.arange(T)
+        S2, cnt2 = S, cnt
+        if "video" in lv:
+            t0 = time.perf_counter()
+            tick = ph.phase("level 2: videos", 2)
+            e_track = tid_pos[excluded]
+            Xe = src.take(order[excluded])
+            src.release()
+            target = reallocate(Xe, e_track, tvideo[e_track], unit_rows(S, cnt), key, vtstart,
+                                sigma_cst)
+            ok = target >= 0
+            code_pos[excluded[ok]] = 1
+            S2 = S + segment_sums(Xe[ok], target[ok], T)
+            cnt2 = cnt + np.bincount(target[ok], minlength=T)
+            del Xe
+            np.minimum.at(key, target[ok], order[excluded[ok]])
+            tick(1)
+            mi, mj = merge_pairs(unit_rows(S2, cnt2), vtstart, sigma_drm)
+            glab = components(T, mi, mj)
+            tick(2)
+            st = stage("video", time.perf_counter() - t0, glab.max() + 1 if T else 0, code_pos,
+                       reallocated=int(ok.sum()), merge_links=int(len(mi)))
+            if noise_stats:
+                pending.append((st, glab))
+
+        # ---- level 3 -------------------------------------------------------------------
+        G = int(glab.max()) + 1 if T else 0
+        ident_g = np.arange(G)
+        gS = segment_sums(S2, glab, G) if G != T or "video" in lv else S2
+        gcnt = np.bincount(glab, weights=cnt2, minlength=G).astype(np.int64)
+        if "cross" in lv:
+            t0 = time.perf_counter()
+            gkey = np.full(G, np.iinfo(np.int64).max, dtype=np.int64)
+            np.minimum.at(gkey, glab, key)
+            gvid = np.empty(G, dtype=np.int64)
+            gvid[glab] = tvideo
+            seq = np.lexsort((gkey, gvid))               # the ultra-long sequence
+            U3 = unit_rows(gS[seq], gcnt[seq])
+            tick = ph.phase("level 3: sliding range", G)
+            li, lj = cross_links(U3, int(range_half_width), sigma_drm, cross_order, seed,
+                                 progress=tick)
+            del U3
+            comp = components(G, li, lj)
+            ident_g = np.empty(G, dtype=np.int64)
+            ident_g[seq] = comp
+            st = stage("cross", time.perf_counter() - t0, comp.max() + 1 if G else 0, code_pos,
+                       links=int(len(li)), order=cross_order)
+            if noise_stats:
+                pending.append((st, ident_g[glab]))
+
+        # ---- labels per row -------------------------------------------------------------
+        t_final = ident_g[glab]                          # identity of each tracklet
+        lab_pos = np.full(n, -1, dtype=np.int64)
+        lab_pos[alive] = t_final[tid_pos[alive]]
+        moved = target >= 0
+        lab_pos[excluded[moved]] = t_final[target[moved]]
+        identity = np.full(n, -1, dtype=np.int64)
+        identity[order] = lab_pos
+        identity = number_by_first_row(identity)
+        status_code = np.empty(n, dtype=np.int8)
+        status_code[order] = code_pos
+
+        if pending:
+            ts = time.perf_counter()
+            _pending_noise(src, order, tid_pos, alive, excluded, target, S2, cnt2, pending,
+                           sigma_cst, sigma_drm, search, block_rows, ph)
+            src.release()
+            per = (time.perf_counter() - ts) / len(pending)
+            for st, _ in pending:
+                st["noise_seconds"] = round(per, 4)
+    finally:
+        ph.close()
+    params = {"sigma_cst": float(sigma_cst), "sigma_drm": float(sigma_drm),
+              "range_half_width": int(range_half_width), "levels": list(lv),
+              "cross_order": cross_order, "rows": int(n), "dim": int(D)}
+    return DenoiseResult(identity, status_code, stats, params)
+
+
+def _pending_noise(src, order, tid_pos, alive, excluded, target, S2, cnt2, pending,
+                   sigma_cst, sigma_drm, search, block_rows, ph):
+    """n_S of level-2 / level-3 labellings: one read pass for the per-image radii."""
+    n = len(order)
+    t_of = np.full(n, -1, dtype=np.int64)            # level-2 tracklet of each member position
+    t_of[alive] = tid_pos[alive]
+    moved = target >= 0
+    t_of[excluded[moved]] = target[moved]
+    mem = np.flatnonzero(t_of >= 0)
+    labs, units, dots = [], [], []
+    for st, lab_t in pending:
+        M = int(lab_t.max()) + 1
+        gS = segment_sums(S2, lab_t, M)
+        gc = np.bincount(lab_t, weights=cnt2, minlength=M)
+        units.append(unit_rows(gS, gc).astype(np.float32))
+        labs.append(lab_t[t_of[mem]])
+        dots.append(np.empty(len(mem)))
+    tick = ph.phase("noise n_S (radii)", len(mem))
+    for sl, xb in src.take_chunks(order[mem], block_rows):
+        x32 = xb.astype(np.float32)
+        for k in range(len(pending)):                 # at most two labellings
+            dots[k][sl] = np.einsum("ij,ij->i", x32, units[k][labs[k][sl]])
+        tick(sl.stop)
+    for k, (st, _) in enumerate(pending):
+        st.update(noise_from_dots(labs[k], dots[k], units[k], sigma_cst, sigma_drm, **search))

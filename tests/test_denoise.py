@@ -1,0 +1,215 @@
+"""The fast denoising pipeline against the literal float64 transcription of Eq. 1-7.
+
+Every world is small, random and written in shuffled manifest order (tracklets not contiguous),
+with clustered identities so that every level does something: exclusions, reallocations,
+discards, within-video merges and cross-video links.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cion.denoise import denoise, reference_denoise, reference_noise
+from cion.errors import CionError
+
+ALL_LEVELS = [c for r in range(4) for c in itertools.combinations(("tracklet", "video", "cross"), r)]
+
+
+def make_world(seed: int, D: int = 6, videos: int = 5, people: int = 6, dup: float = 0.1,
+               outlier: float = 0.15, shuffle: bool = True):
+    """Random clustered world. Returns (X (N, D) float32, video (N,) str, tracklet (N,) int)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, D))
+    X, vid, trk = [], [], []
+    tid = 1000
+    for v in range(videos):
+        for _ in range(rng.integers(1, 5)):                 # tracklets in this video (>= 1)
+            size = int(rng.integers(1, 7))
+            who = rng.integers(people)
+            for _ in range(size):
+                if rng.random() < outlier:
+                    x = rng.normal(size=D)
+                elif X and rng.random() < dup:
+                    x = X[rng.integers(len(X))].copy()         # identical features -> ties
+                else:
+                    x = centres[who] + 0.35 * rng.normal(size=D)
+                X.append(x)
+                vid.append(f"vid{v * 7 % 11}")
+                trk.append(tid)
+            tid += int(rng.integers(1, 4))
+    X = np.asarray(X, dtype=np.float32)
+    vid, trk = np.asarray(vid), np.asarray(trk)
+    if shuffle:
+        p = rng.permutation(len(X))
+        X, vid, trk = X[p], vid[p], trk[p]
+    return X, vid, trk
+
+
+def assert_same(X, vid, trk, **kw):
+    fast = denoise(X, vid, trk, **kw)
+    ref_kw = {k: v for k, v in kw.items() if k in ("sigma_cst", "sigma_drm", "range_half_width",
+                                                  "levels")}
+    ident, status = reference_denoise(X, vid, trk, **ref_kw)
+    np.testing.assert_array_equal(fast.identity, ident)
+    np.testing.assert_array_equal(fast.status, status)
+    return fast, ident, status
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_all_levels_match_reference(seed):
+    X, vid, trk = make_world(seed)
+    rng = np.random.default_rng(100 + seed)
+    sc = float(rng.choice([0.05, 0.15, 0.3, 0.6]))
+    sd = float(rng.choice([0.05, 0.2, 0.4]))
+    rs = int(rng.choice([0, 1, 2, 5, 1000]))
+    fast, ident, status = assert_same(X, vid, trk, sigma_cst=sc, sigma_drm=sd, range_half_width=rs)
+    # n_S after the last level equals Eq. 3 on the reference partition
+    assert fast.stats[-1]["n_S"] == pytest.approx(
+        reference_noise(X, ident, sigma_cst=sc, sigma_drm=sd), abs=1e-12)
+
+
+@pytest.mark.parametrize("levels", ALL_LEVELS, ids=lambda l: "+".join(l) or "none")
+def test_every_level_subset_matches_reference(levels):
+    for seed in (3, 4):
+        X, vid, trk = make_world(seed, people=4)
+        assert_same(X, vid, trk, sigma_cst=0.3, sigma_drm=0.3, range_half_width=2, levels=levels)
+
+
+def test_worlds_exercise_every_branch():
+    """Guard against a vacuous comparison: the random worlds do exclude, reallocate, discard,
+    merge within videos and link across videos."""
+    seen = {"reallocated": 0, "discarded": 0, "merge": 0, "link": 0}
+    for seed in range(12):
+        X, vid, trk = make_world(seed)
+        r = denoise(X, vid, trk, sigma_cst=0.3, sigma_drm=0.3, range_half_width=3)
+        by = {s["level"]: s for s in r.stats}
+        seen["reallocated"] += by["video"]["images_reallocated"]
+        seen["discarded"] += by["video"]["images_discarded"]
+        seen["merge"] += by["video"]["merge_links"]
+        seen["link"] += by["cross"]["links"]
+    assert all(v > 0 for v in seen.values()), seen
+
+
+def test_per_level_noise_matches_reference():
+    X, vid, trk = make_world(7)
+    kw = dict(sigma_cst=0.3, sigma_drm=0.3, range_half_width=3)
+    r = denoise(X, vid, trk, **kw)
+    stages = {"raw": (), "tracklet": ("tracklet",), "video": ("tracklet", "video"),
+              "cross": ("tracklet", "video", "cross")}
+    for st in r.stats:
+        ident, _ = reference_denoise(X, vid, trk, levels=stages[st["level"]], **kw)
+        assert st["identities"] == ident.max() + 1
+        assert st["n_S"] == pytest.approx(reference_noise(X, ident, sigma_cst=0.3, sigma_drm=0.3))
+        assert st["n_S_exact"]
+
+
+# ---- edge cases -------------------------------------------------------------------------------
+
+def test_single_image_tracklets():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 4)).astype(np.float32)
+    X[6:] = X[:6] + 0.01                                  # near-duplicates to link
+    vid = np.array(["a", "b", "c"] * 4)
+    trk = np.arange(12) * 3
+    r, ident, status = assert_same(X, vid, trk, sigma_cst=0.2, sigma_drm=0.18, range_half_width=4)
+    assert (status == "kept").all()                       # nothing to compare in level 1
+    assert ident.max() + 1 < 12                           # but the duplicates were linked
+
+
+def test_video_with_one_tracklet_discards_everything_excluded():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(8, 5)).astype(np.float32)        # unrelated images: outliers
+    vid = np.array(["solo"] * 8)
+    trk = np.full(8, 7)
+    r, ident, status = assert_same(X, vid, trk, sigma_cst=0.2, sigma_drm=0.18)
+    assert (status == "discarded").sum() == 7             # level 1 never empties a tracklet
+    assert (status == "kept").sum() == 1
+    assert (ident[status == "discarded"] == -1).all()
+
+
+def test_every_excluded_sample_discarded():
+    rng = np.random.default_rng(2)
+    base = np.eye(8)
+    X = np.vstack([base[0] + 0.01 * rng.normal(size=(4, 8)), rng.normal(size=(2, 8)) * [0, 0, 1, 1, 1, 1, 1, 1],
+                   base[1] + 0.01 * rng.normal(size=(4, 8))]).astype(np.float32)
+    vid = np.array(["v"] * 10)
+    trk = np.array([1] * 6 + [2] * 4)
+    r, ident, status = assert_same(X, vid, trk, sigma_cst=0.2, sigma_drm=0.18)
+    assert (status == "discarded").sum() == 2 and (status == "reallocated").sum() == 0
+
+
+def test_identical_features_and_two_member_ties():
+    x = np.ones((6, 3), dtype=np.float32)
+    assert_same(x, np.array(["a", "a", "b", "b", "c", "c"]), np.arange(6) // 2)
+    # two members, both deviations equal: the first (earliest row) is removed, the second stays
+    X = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    r, ident, status = assert_same(X, np.array(["v", "v"]), np.array([5, 5]))
+    assert list(status) == ["discarded", "kept"]
+
+
+def test_reallocation_tie_goes_to_earliest_row():
+    # sample e is equidistant to the centroids of tracklets 2 and 3; 3 starts earlier in the file
+    e = [1.0, 0.0, 0.0]
+    a = [0.9, 0.43588989, 0.0]
+    b = [0.9, -0.43588989, 0.0]
+    X = np.array([b, b, e, a, a, [0, 0, 1.0], [0, 0, 1.0]], dtype=np.float64)
+    vid = np.array(["v"] * 7)
+    trk = np.array([3, 3, 1, 2, 2, 1, 1])
+    r, ident, status = assert_same(X, vid, trk, sigma_cst=0.2, sigma_drm=0.01,
+                                   levels=("tracklet", "video"))
+    assert status[2] == "reallocated" and ident[2] == ident[0]
+
+
+def test_zero_centroid():
+    # a tracklet whose members cancel out: its centroid is zero, distance 1.0 to anything
+    X = np.array([[1, 0], [-1, 0], [1, 0.01], [0.99, 0.0]], dtype=np.float64)
+    assert_same(X, np.array(["v"] * 4), np.array([1, 1, 2, 2]), sigma_cst=0.5, sigma_drm=0.5)
+
+
+def test_memmap_fp16_and_block_boundaries(tmp_path):
+    X, vid, trk = make_world(11, videos=8)
+    path = tmp_path / "f.npy"
+    np.save(path, X.astype(np.float16))
+    ref = denoise(np.load(path).astype(np.float32), vid, trk, sigma_cst=0.3, sigma_drm=0.3,
+                  range_half_width=2)
+    got = denoise(path, vid, trk, sigma_cst=0.3, sigma_drm=0.3, range_half_width=2, block_rows=5)
+    np.testing.assert_array_equal(ref.identity, got.identity)
+    np.testing.assert_array_equal(ref.status_code, got.status_code)
+
+
+def test_coarse_order_finds_links_the_sequence_misses():
+    rng = np.random.default_rng(5)
+    D, people, per = 16, 30, 4
+    centres = rng.normal(size=(people, D))
+    # each person appears in `per` videos, spread far apart in the sequence
+    who = np.tile(np.arange(people), per)
+    X = (centres[who] + 0.02 * rng.normal(size=(len(who), D))).astype(np.float32)
+    vid = np.array([f"v{i:04d}" for i in range(len(who))])
+    trk = np.arange(len(who))
+    seq = denoise(X, vid, trk, range_half_width=3, levels="cross")
+    both = denoise(X, vid, trk, range_half_width=3, levels="cross", cross_order="both")
+    assert seq.identity.max() + 1 == len(who)             # r_s = 3 < people: nothing linked
+    assert both.identity.max() + 1 < seq.identity.max() + 1
+    # "both" only adds links: every sequence identity lies inside one "both" identity
+    for k in range(seq.identity.max() + 1):
+        assert len(set(both.identity[seq.identity == k])) == 1
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["nan", "zero"])
+def test_bad_feature_rows(bad):
+    X, vid, trk = make_world(0)
+    X[3] = np.nan if bad == "nan" else 0.0
+    with pytest.raises(CionError, match="NaN" if bad == "nan" else "all-zero"):
+        denoise(X, vid, trk)
+
+
+def test_row_count_mismatch_and_unknown_level():
+    X, vid, trk = make_world(0)
+    with pytest.raises(CionError, match="rows"):
+        denoise(X[:-1], vid, trk)
+    with pytest.raises(CionError, match="unknown denoising level"):
+        denoise(X, vid, trk, levels="tracklet,vidoe")
