@@ -1,0 +1,82 @@
+"""Training checkpoints (exact resume) and the exported teacher backbone.
+
+``checkpoint.pt`` holds only tensors and plain Python containers, written by ``torch.save``
+and read back with ``torch.load(weights_only=True)`` (no pickled classes, no argparse
+Namespace). It is written atomically (temporary file + rename), so a run killed while
+writing keeps its previous checkpoint. ``backbone.safetensors`` is the teacher backbone's
+state dict with the backbone's own keys.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "cion-pretrain-1"
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    state = dict(state, format=FORMAT)
+    return _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    from cion.errors import CionError
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise CionError(f"{path}: cannot read the checkpoint ({err}). Fix: delete it to start "
+                        "over, or pass another --out") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CionError(f"{path}: not a cion pre-training checkpoint. Fix: use another --out")
+    return state
+
+
+def save_backbone(backbone: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def rng_state() -> dict:
+    """Global RNG states (torch CPU/CUDA, numpy, Python) as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))

@@ -1,0 +1,135 @@
+"""Pre-training configuration: one dataclass, YAML recipes in ``configs/pretrain/``.
+
+A recipe sets any field below; the command line overrides a few (epochs, batch size, local
+crops, sizes, seed, max steps). ``batch_size`` is the GLOBAL batch (all processes together) and
+the learning rate is ``base_lr * batch_size / 256`` (DINO's rule).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from cion.errors import CionError
+
+
+def _size(v, name: str) -> tuple[int, int]:
+    if isinstance(v, str):
+        try:
+            h, w = (int(x) for x in v.lower().split("x"))
+        except ValueError:
+            raise CionError(f"{name} must look like HEIGHTxWIDTH, e.g. 256x128 (got '{v}')") from None
+        return h, w
+    h, w = v
+    return int(h), int(w)
+
+
+@dataclass
+class PretrainConfig:
+    arch: str = "resnet50_ibn"
+    epochs: int = 100
+    batch_size: int = 256                 # global, all processes
+    local_crops: int = 8
+    global_size: tuple = (256, 128)       # (height, width)
+    local_size: tuple = (128, 64)
+    global_scale: tuple = (0.8, 1.0)
+    local_scale: tuple = (0.05, 0.8)
+    curriculum: Optional[list] = None     # [[epoch, K], ...]; None = 2/4/6/8 at 0/40/60/80 %
+    # DINO head
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    # optimisation (DINO defaults, SPEC section 4)
+    base_lr: float = 5e-4                 # per 256 images
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    clip_grad: float = 3.0                # per-parameter gradient norm (DINO); 0 = off
+    freeze_last_layer: int = 1            # epochs with the head's last layer frozen
+    # execution
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16  (auto: bf16 on GPU, fp32 on CPU)
+    channels_last: str = "auto"           # auto (CNNs on GPU) | true | false
+    device: str = "auto"                  # auto | cpu | cuda
+    num_workers: int = 4
+    seed: int = 0
+    max_steps: Optional[int] = None       # stop after this many optimiser steps in total
+    checkpoint_every: int = 200           # steps; also at every epoch end
+    log_every: int = 10
+    tensorboard: bool = True
+    collapse_patience: int = 20           # consecutive collapsed logs before warning
+    extra: dict = field(default_factory=dict)
+
+    # fields that may differ between a run and its resumption
+    RESUME_FREE = ("max_steps", "num_workers", "checkpoint_every", "log_every", "tensorboard",
+                   "collapse_patience", "device")
+
+    def __post_init__(self):
+        self.global_size = _size(self.global_size, "global_size")
+        self.local_size = _size(self.local_size, "local_size")
+        self.global_scale = tuple(float(v) for v in self.global_scale)
+        self.local_scale = tuple(float(v) for v in self.local_scale)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise CionError(f"precision must be auto, fp32, bf16 or fp16 (got '{self.precision}')")
+        if str(self.channels_last).lower() not in ("auto", "true", "false"):
+            raise CionError(f"channels_last must be auto, true or false (got '{self.channels_last}')")
+        self.channels_last = str(self.channels_last).lower()
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise CionError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.local_crops < 0:
+            raise CionError(f"local_crops must be >= 0 (got {self.local_crops})")
+        if self.curriculum is None:
+            from cion.data.sampler import default_curriculum
+            self.curriculum = default_curriculum(self.epochs)
+        from cion.data.sampler import check_curriculum
+        self.curriculum = check_curriculum(self.curriculum)
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 256.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("global_size", "local_size", "global_scale", "local_scale"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "PretrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CionError(f"{source}: unknown option(s) {unknown}. Fix: remove them; known "
+                            f"options are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "PretrainConfig":
+        """Load a YAML recipe; ``overrides`` that are not None replace its values."""
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise CionError(f"{path}: no such config file. Fix: see configs/pretrain/ for recipes")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise CionError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise CionError(f"{path}: expected a mapping of option: value")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, str(path))
+
+    def differences(self, other: "PretrainConfig") -> list[str]:
+        """Fields (outside RESUME_FREE) whose values differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in self.RESUME_FREE and a[k] != b[k]]
