@@ -1,0 +1,114 @@
+"""Multi-crop person augmentation: shapes, determinism, the colour algebra, blur, crop boxes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cion.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment, MultiCropConfig,
+                                  colour_affine, gaussian_blur, random_resized_boxes,
+                                  torchvision_multicrop)
+
+
+def _img(h=64, w=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+
+
+def test_shapes_and_determinism():
+    cfg = MultiCropConfig(global_size=(64, 32), local_size=(32, 16), local_crops=3)
+    aug = MultiCropAugment(cfg)
+    g, l = aug(_img(), seed=123)
+    assert g.shape == (2, 3, 64, 32) and l.shape == (3, 3, 32, 16)
+    assert g.dtype == torch.float32
+    g2, l2 = aug(_img(), seed=123)
+    assert torch.equal(g, g2) and torch.equal(l, l2)
+    g3, _ = aug(_img(), seed=124)
+    assert not torch.equal(g, g3)
+    # values are normalised pixels: within the ImageNet-normalised range of [0, 1]
+    lo = (0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    hi = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    for c in range(3):
+        assert g[:, c].min() >= lo[c] - 1e-5 and g[:, c].max() <= hi[c] + 1e-5
+
+
+def test_no_randomness_is_a_plain_resize():
+    cfg = MultiCropConfig(global_size=(32, 16), local_size=(16, 8), local_crops=1,
+                          global_scale=(1.0, 1.0), ratio=(0.5, 0.5), flip_p=0, jitter_p=0,
+                          gray_p=0, blur_p=(0, 0, 0), solarize_p=0)
+    img = _img(64, 32)
+    g, _ = MultiCropAugment(cfg)(img, seed=0)
+    want = np.asarray(img.resize((16, 32), Image.BILINEAR)).astype(np.float32) / 255
+    want = (torch.from_numpy(want).permute(2, 0, 1) - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(g[0], want, atol=1e-5) and torch.allclose(g[1], want, atol=1e-5)
+
+
+def test_colour_affine_algebra():
+    rng = np.random.default_rng(0)
+    mu = rng.random((6, 3))
+    A, t = colour_affine(rng, 6, mu, jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.0, gray_p=0.0)
+    assert np.allclose(A, np.eye(3)) and np.allclose(t, 0)            # no jitter: identity
+    A, t = colour_affine(rng, 6, mu, jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0, gray_p=0.0)
+    b = A[:, 0, 0]
+    assert np.allclose(A, b[:, None, None] * np.eye(3)) and np.all((b >= 0.6) & (b <= 1.4))
+    A, t = colour_affine(rng, 6, mu, jitter=(0, 0, 0, 0), jitter_p=1.0, gray_p=1.0)
+    y = np.einsum("nij,j->ni", A, [0.9, 0.2, 0.4]) + t                    # grayscale: equal channels
+    assert np.allclose(y, y[:, :1])
+    assert np.allclose(y[:, 0], 0.299 * 0.9 + 0.587 * 0.2 + 0.114 * 0.4)
+    # contrast uses the (closed-form) mean gray level: the image mean gray is preserved
+    A, t = colour_affine(rng, 6, mu, jitter=(0, 0.4, 0, 0), jitter_p=1.0, gray_p=0.0)
+    gray = np.array([0.299, 0.587, 0.114])
+    assert np.allclose((np.einsum("nij,nj->ni", A, mu) + t) @ gray, mu @ gray)
+    # hue rotation keeps gray pixels gray and keeps luma of any colour
+    A, t = colour_affine(rng, 6, mu, jitter=(0, 0, 0, 0.5), jitter_p=1.0, gray_p=0.0)
+    assert np.allclose(A @ np.array([0.5, 0.5, 0.5]), 0.5)
+    assert np.allclose(np.einsum("i,nij->nj", gray, A), gray, atol=1e-3)
+
+
+def test_gaussian_blur_against_dense_reference():
+    x = torch.rand(3, 3, 20, 12)
+    sigma = torch.tensor([0.5, 1.0, 2.0])
+    out = gaussian_blur(x, sigma)
+    for n in range(3):  # reference: explicit 2-D kernel, reflect padding
+        half = int(np.ceil(3 * 2.0))
+        tt = torch.arange(-half, half + 1, dtype=torch.float32)
+        k1 = torch.exp(-0.5 * (tt / sigma[n]) ** 2)
+        k1 = k1 / k1.sum()
+        k2 = (k1[:, None] * k1[None, :]).expand(3, 1, -1, -1)
+        pad = torch.nn.functional.pad(x[n:n + 1], (half,) * 4, mode="reflect")
+        ref = torch.nn.functional.conv2d(pad, k2, groups=3)
+        assert torch.allclose(out[n], ref[0], atol=1e-5)
+    const = torch.full((2, 3, 16, 8), 0.3)
+    assert torch.allclose(gaussian_blur(const, torch.tensor([1.0, 2.0])), const, atol=1e-6)
+
+
+def test_crop_boxes_follow_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    boxes = random_resized_boxes(rng, 500, 128, 256, (0.05, 0.8), (0.4, 0.6))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 128) and np.all(boxes[:, 3] <= 256)
+    area = w * h / (128 * 256)
+    assert area.min() > 0.04 and area.max() < 0.82
+    assert np.all((w / h > 0.38) & (w / h < 0.62))
+
+
+def test_statistics_close_to_torchvision_pipeline():
+    """Same recipe, other implementation: per-channel means and stds of many crops agree."""
+    cfg = MultiCropConfig(global_size=(64, 32), local_size=(32, 16), local_crops=2)
+    ours, ref = MultiCropAugment(cfg), torchvision_multicrop(cfg)
+    imgs = [_img(128, 64, s) for s in range(2)]
+    np.random.seed(0)
+    torch.manual_seed(0)
+    a = torch.stack([ours(im, s)[0] for s in range(25) for im in imgs])
+    b = torch.stack([torch.stack(ref(im)[:2]) for _ in range(25) for im in imgs])
+    assert torch.allclose(a.mean(dim=(0, 1, 3, 4)), b.mean(dim=(0, 1, 3, 4)), atol=0.08)
+    assert torch.allclose(a.std(dim=(0, 1, 3, 4)), b.std(dim=(0, 1, 3, 4)), rtol=0.15)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(Exception, match="bad.jpg"):
+        MultiCropAugment().load(str(bad))
