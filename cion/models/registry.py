@@ -203,7 +203,8 @@ def create_model(name: str, checkpoint=None, img_size=(256, 128), **kw):
             other sizes (e.g. 128x64 local crops) also work. Ignored by CNNs.
         **kw: passed to timm (e.g. ``drop_path_rate=0.1``).
 
-    The model has ``feature_dim`` (the output width D) and ``zoo_name`` attributes (timm's
+    The model has ``feature_dim`` (the output width D) and ``zoo_name`` attributes, and after a
+    checkpoint load ``checkpoint_report`` (:class:`cion.models.checkpoint.LoadReport`) (timm's
     ``num_features`` is the pre-pooling width, which differs for GhostNet: 480..1248 vs 1280). It is returned
     in train mode, like any freshly built torch module; call ``.eval()`` for inference.
     """
@@ -218,5 +219,5 @@ def create_model(name: str, checkpoint=None, img_size=(256, 128), **kw):
     if checkpoint is not None:
         from cion.models.checkpoint import load_checkpoint
 
-        load_checkpoint(model, checkpoint, name)
+        model.checkpoint_report = load_checkpoint(model, checkpoint, name)
     return model

@@ -1,0 +1,293 @@
+"""Safe checkpoint I/O for ReIDZoo backbones.
+
+Two formats are read:
+
+- **our backbone files** (``.safetensors``): the model's ``state_dict`` in our (timm) names, with
+  metadata ``format=cion-backbone``, ``arch``, ``feature_dim``. Written by :func:`save_backbone`.
+  safetensors holds tensors only, so loading runs no code.
+- **the authors' released pre-training checkpoints** (``.pth``): a ``torch.save`` dict with
+  ``student``, ``teacher``, ``optimizer``, ``epoch``, ``args`` (an ``argparse.Namespace``), ``Loss``,
+  ``fp16_scaler``. They are read with ``torch.load(weights_only=True)`` and an allow-list that adds
+  exactly one class, ``argparse.Namespace``; a pickle naming any other global is refused
+  (:class:`UnsafeCheckpointError`), never retried with ``weights_only=False``. The backbone is taken
+  from ``teacher`` (``module.backbone.`` or ``backbone.`` prefix; the DINO head is ignored) and its
+  keys are renamed to ours (:mod:`cion.models.convert`).
+
+Loading is strict in both directions: every file backbone key must land on a parameter or buffer of
+the same shape, and every parameter/persistent buffer of the model must be filled; otherwise
+:class:`CheckpointMismatchError` lists what did not match and nothing is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from cion.errors import CionError
+from cion.models.convert import DERIVED_BUFFER_SUFFIXES, official_to_ours
+from cion.models.registry import get_entry
+
+PathLike = Union[str, os.PathLike]
+ALLOWED_GLOBALS = (argparse.Namespace,)
+BACKBONE_FORMAT = "cion-backbone"
+OFFICIAL_PREFIXES = ("module.backbone.", "backbone.")
+_MAX_LISTED = 20
+
+
+class UnsafeCheckpointError(CionError):
+    """The pickle references a global outside the allow-list; the file was not loaded."""
+
+
+class CheckpointMismatchError(CionError):
+    """Backbone keys or shapes in the file do not match the model; nothing was loaded."""
+
+
+@dataclass
+class LoadReport:
+    """What a strict load did. ``loaded``: tensors copied; ``verified``: derived buffers checked equal;
+    ``ignored``: file entries outside the backbone (DINO head etc.), by name."""
+
+    path: str
+    arch: str
+    format: str
+    prefix: str = ""
+    loaded: int = 0
+    verified: int = 0
+    ignored: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"{self.arch}: loaded {self.loaded} backbone tensors from {self.path} ({self.format}"
+                 + (f", prefix '{self.prefix}'" if self.prefix else "") + ")"]
+        if self.verified:
+            parts.append(f"{self.verified} derived index buffers verified")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} non-backbone entries ignored")
+        return "; ".join(parts)
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = "\n    ".join(items[:_MAX_LISTED])
+    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read_torch_checkpoint(path: PathLike) -> object:
+    """``torch.load`` with ``weights_only=True`` plus ``argparse.Namespace``; clear errors otherwise.
+
+    Raises :class:`UnsafeCheckpointError` naming the refused global, or :class:`CionError` for a
+    missing / unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CionError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([\w.]+)", text)
+        what = f"the global '{found.group(1)}'" if found else "an object type"
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: its pickle references {what}, which is not on the allow-list "
+            "(tensors, plain containers, argparse.Namespace). cion loads checkpoints with "
+            "weights_only=True and never executes code from a file. If the file is yours and trusted, "
+            "re-save only its tensors (e.g. torch.save(ckpt['teacher'], ...)) or convert it to "
+            "safetensors where it was made.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CionError(f"cannot read {path} as a torch checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); is the file complete?") from None
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def extract_official_backbone(obj, path: PathLike = "<checkpoint>", which: str = "teacher"
+                              ) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """Backbone tensors of an authors' checkpoint with the prefix stripped.
+
+    Returns ``(state, prefix, ignored)``: ``state`` maps official backbone keys (no prefix) to tensors,
+    ``prefix`` is the stripped prefix ('' for an already stripped state dict) and ``ignored`` lists the
+    entries of the chosen state dict that are not backbone (the DINO head).
+    """
+    if isinstance(obj, dict) and which in obj:
+        sd = obj[which]
+        if not _is_tensor_dict(sd):
+            raise CionError(f"{path}: entry '{which}' is not a state dict of tensors")
+    elif _is_tensor_dict(obj):
+        sd = obj
+    else:
+        keys = ", ".join(map(str, list(obj)[:10])) if isinstance(obj, dict) else type(obj).__name__
+        raise CionError(f"{path}: no '{which}' state dict found (top-level: {keys}); expected the authors' "
+                        "pre-training checkpoint or a backbone state dict")
+    counts = {p: sum(k.startswith(p) for k in sd) for p in OFFICIAL_PREFIXES}
+    prefix = max(OFFICIAL_PREFIXES, key=lambda p: (counts[p], len(p)))
+    if counts[prefix] == 0:
+        prefix = ""
+    state = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    ignored = [k for k in sd if not k.startswith(prefix)]
+    return state, prefix, ignored
+
+
+# ------------------------------------------------------------------------------------- strict loading
+def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], mapping: dict[str, str], *,
+                 arch: str, path: str) -> tuple[int, int]:
+    """Copy ``state`` (file keys) into ``model`` through ``mapping`` (file key -> model key), strictly.
+
+    Returns (tensors loaded, derived buffers verified). Raises :class:`CheckpointMismatchError`
+    before touching the model if anything does not match.
+    """
+    targets = model.state_dict()
+    derived = {n: b for n, b in model.named_buffers() if n not in targets}
+    unmapped, unknown, shapes, dupes, derived_bad = [], [], [], [], []
+    new, seen, verified = {}, {}, 0
+    for key, value in state.items():
+        dest = mapping.get(key)
+        if dest is None:
+            unmapped.append(key)
+        elif dest in targets:
+            if dest in seen:
+                dupes.append(f"{key} and {seen[dest]} -> {dest}")
+            elif tuple(value.shape) != tuple(targets[dest].shape):
+                shapes.append(f"{key} -> {dest}: file {list(value.shape)} vs model {list(targets[dest].shape)}")
+            else:
+                new[dest] = value
+            seen[dest] = key
+        elif dest in derived and dest.endswith(DERIVED_BUFFER_SUFFIXES):
+            ref = derived[dest]
+            if tuple(value.shape) != tuple(ref.shape) or not torch.equal(value.to(ref.dtype), ref):
+                derived_bad.append(f"{key}: {list(value.shape)} differs from the model's {list(ref.shape)} "
+                                   "index (built with another window size?)")
+            else:
+                verified += 1
+        else:
+            unknown.append(f"{key} -> {dest}" if dest != key else key)
+    missing = [k for k in targets if k not in seen]
+    sections = [(t, items) for t, items in (
+        ("file keys with no rule to a model key", unmapped),
+        ("file keys with no such parameter/buffer in the model", unknown),
+        ("shape mismatches", shapes), ("several file keys for one model key", dupes),
+        ("derived buffers that differ", derived_bad), ("model keys missing from the file", missing)) if items]
+    if sections:
+        body = "\n".join(_listing(t, items) for t, items in sections)
+        raise CheckpointMismatchError(
+            f"{path} does not match {arch} (nothing was loaded):\n{body}\n"
+            f"  Check --arch/name: `cion zoo info {arch}` shows the expected layout.")
+    model.load_state_dict(new, strict=True)
+    return len(new), verified
+
+
+def load_official_checkpoint(model: nn.Module, path: PathLike, arch: str, which: str = "teacher") -> LoadReport:
+    """Load the backbone of an authors' ``.pth`` (``teacher`` by default) into ``model``, strictly."""
+    entry = get_entry(arch)
+    obj = read_torch_checkpoint(path)
+    state, prefix, ignored = extract_official_backbone(obj, path, which)
+    if not state:
+        raise CionError(f"{path}: '{which}' holds no backbone keys (expected prefix "
+                        f"'{entry.teacher_prefix}')")
+    mapping = official_to_ours(entry.family, state)
+    loaded, verified = _strict_load(model, state, mapping, arch=arch, path=str(path))
+    meta = {"epoch": obj.get("epoch")} if isinstance(obj, dict) else {}
+    if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
+        meta["args_arch"] = getattr(obj["args"], "arch", None)
+    return LoadReport(str(path), arch, "authors' pth", prefix, loaded, verified, ignored, meta)
+
+
+def save_backbone(model: nn.Module, path: PathLike, arch: Optional[str] = None,
+                  extra_metadata: Optional[dict] = None) -> Path:
+    """Write ``model.state_dict()`` as a safetensors backbone file (atomically) and return its path.
+
+    Metadata: ``format``, ``arch``, ``feature_dim``, ``reparameterized`` plus ``extra_metadata``
+    (values stored as strings).
+    """
+    from safetensors.torch import save_file
+
+    arch = arch or getattr(model, "zoo_name", None)
+    if arch is None:
+        raise ValueError("save_backbone needs arch= for a model not made by create_model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": BACKBONE_FORMAT, "arch": arch, "feature_dim": str(get_entry(arch).feature_dim),
+            "reparameterized": str(bool(getattr(model, "reparameterized", False))).lower()}
+    meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_backbone_file(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; clear error when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CionError(f"backbone file {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CionError(f"cannot read {path} as safetensors ({err})") from None
+
+
+def load_backbone_file(model: nn.Module, path: PathLike, arch: str) -> LoadReport:
+    """Load our safetensors backbone file into ``model`` (strict, names must be ours)."""
+    tensors, meta = read_backbone_file(path)
+    file_arch = meta.get("arch")
+    if file_arch is not None and file_arch != arch:
+        raise CionError(f"{path} holds a '{file_arch}' backbone, not '{arch}'; "
+                        f"use create_model('{file_arch}', checkpoint=...)")
+    if meta.get("reparameterized") == "true" and not getattr(model, "reparameterized", False):
+        raise CionError(f"{path} holds re-parameterised (inference-only) weights; load the training-form "
+                        "file and call cion.models.reparameterize() after loading instead")
+    loaded, verified = _strict_load(model, tensors, {k: k for k in tensors}, arch=arch, path=str(path))
+    return LoadReport(str(path), arch, "safetensors", "", loaded, verified, [], meta)
+
+
+def load_checkpoint(model: nn.Module, path: PathLike, arch: str, which: str = "teacher") -> LoadReport:
+    """Dispatch on the file: ``.safetensors`` -> :func:`load_backbone_file`, else the authors' ``.pth``."""
+    path = Path(path)
+    with open(path, "rb") if path.is_file() else _missing(path) as fh:
+        head = fh.read(8)
+    # safetensors starts with a little-endian u64 header length followed by '{'
+    if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and
+                                         int.from_bytes(head, "little") < 100_000_000 and _peek_json(path)):
+        return load_backbone_file(model, path, arch)
+    return load_official_checkpoint(model, path, arch, which)
+
+
+def _missing(path: Path):
+    raise CionError(f"checkpoint {path} does not exist")
+
+
+def _peek_json(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        return fh.read(1) == b"{"
+
+
+def convert_official(src: PathLike, arch: str, out: PathLike, which: str = "teacher") -> LoadReport:
+    """Authors' ``.pth`` -> our ``.safetensors`` backbone file (strictly checked on the way)."""
+    from cion.models.registry import create_model
+
+    model = create_model(arch)
+    report = load_official_checkpoint(model, src, arch, which)
+    save_backbone(model, out, arch, {"source": Path(src).name, "source_entry": which,
+                                     "source_epoch": report.meta.get("epoch")})
+    return report
