@@ -59,8 +59,8 @@ def _as_long(x, name: str, n: int | None, device) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if t.ndim != 1:
         raise EvaluationError(f"{name} must be a 1-D array of integers, got shape {tuple(t.shape)}")
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise EvaluationError(f"{name} must hold integers (identities / cameras), got {t.dtype}")
+    if t.dtype == torch.bool or (t.is_floating_point() and not bool((t == t.round()).all())):
+        raise EvaluationError(f"{name} must hold whole numbers (identities / cameras), got {t.dtype}")
     if n is not None and t.numel() != n:
         raise EvaluationError(f"{name} has {t.numel()} entries but the distance matrix / features "
                               f"have {n} along that side")
