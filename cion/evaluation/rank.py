@@ -56,7 +56,7 @@ class _Labels:
 
 
 def _as_long(x, name: str, n: int | None, device) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    t = torch.as_tensor(np.array(x) if not torch.is_tensor(x) else x)
     if t.ndim != 1:
         raise EvaluationError(f"{name} must be a 1-D array of integers, got shape {tuple(t.shape)}")
     if t.dtype == torch.bool or (t.is_floating_point() and not bool((t == t.round()).all())):
@@ -113,7 +113,8 @@ def _positive_ranks(dist: torch.Tensor, q_slice: slice, lab: _Labels):
     offs = torch.arange(m, device=device)
     in_list = offs[None, :] < count[:, None]                                      # (B, M)
     cand = lab.by_id[(lab.id_start[slot][:, None] + offs[None, :]).clamp(max=len(lab.by_id) - 1)]
-    valid = in_list & (lab.g_camids[cand] != qc[:, None])       # drop same id + same camera
+    # drop same id + same camera; an unknown query camera (-1) is never "the same camera"
+    valid = in_list & ((lab.g_camids[cand] != qc[:, None]) | (qc[:, None] < 0))
     inf = torch.full_like(dist[:, :1], float("inf"))
     pos_d = torch.where(valid, dist.gather(1, cand), inf)
     # stable sort: candidates are index-ascending, so equal distances keep gallery order
@@ -257,7 +258,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
         distmat: (Q, G) distances, smaller = more similar; numpy array or torch tensor (CPU or
             CUDA; the work happens on its device). Any float dtype.
         q_pids, g_pids: (Q,), (G,) integer identities; gallery -1 = junk (ignored), 0 = distractor.
-        q_camids, g_camids: (Q,), (G,) integer camera ids.
+        q_camids, g_camids: (Q,), (G,) integer camera ids; -1 = unknown (a query with an unknown
+            camera keeps all gallery items of its identity; SPEC protocol otherwise).
         max_rank: length of the CMC curve (cut to G if the gallery is smaller).
         chunk_elements: queries are processed in chunks of about this many matrix elements.
 
