@@ -67,18 +67,22 @@ def band_links(U64: np.ndarray, U32: np.ndarray, perm: np.ndarray, r_s: int, sig
 def coarse_order(U32: np.ndarray, r_s: int, seed: int = 0) -> np.ndarray:
     """A sequence order that puts similar centroids next to each other.
 
-    Cells: k-means (faiss, spherical) with about one cell per ``r_s`` groups, trained on a sample;
+    Cells: k-means (faiss, spherical) with about one cell per ``max(r_s, 64)`` groups, trained on a sample;
     cells are visited in the order of their centroids' projection on the first principal
     direction, groups inside a cell keep their sequence order. Returns a permutation (G,).
     """
     import faiss
 
     G, D = U32.shape
-    k = int(max(1, min(G // max(r_s, 1), 4096)))
+    k = int(max(1, min(G // max(r_s, 64), 4096)))   # cells of >= 64 groups (k-means cost)
     if k <= 1:
         return np.arange(G)
     rng = np.random.default_rng(seed)
     sample = U32[np.sort(rng.choice(G, size=min(G, 64 * k), replace=False))]
+    if len(sample) < 39 * k:                          # faiss wants >= 39 points per centroid
+        k = max(1, len(sample) // 39)
+        if k <= 1:
+            return np.arange(G)
     km = faiss.Kmeans(D, k, niter=10, spherical=True, seed=seed, verbose=False)
     km.train(np.ascontiguousarray(sample, dtype=np.float32))
     _, cell = km.index.search(np.ascontiguousarray(U32, dtype=np.float32), 1)

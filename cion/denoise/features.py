@@ -86,14 +86,21 @@ class FeatureSource:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros((0, self.dim))
-        srt = np.argsort(rows, kind="stable")
-        r = rows[srt]
-        if r[-1] - r[0] + 1 == len(r) and (len(r) == 1 or np.all(np.diff(r) == 1)):
+        ascending = len(rows) == 1 or bool(np.all(rows[1:] > rows[:-1]))
+        if ascending:
+            srt, r = None, rows
+        else:
+            srt = np.argsort(rows, kind="stable")
+            r = rows[srt]
+        if r[-1] - r[0] + 1 == len(r):                   # a contiguous run: read a slice
             raw = np.asarray(self.X[r[0]:r[-1] + 1])
         else:
             raw = self.X[r]
-        out = np.empty((len(rows), self.dim))
-        out[srt] = self._check(raw, r, 0)
+        x = self._check(raw, r, 0)
+        if srt is None:
+            return x
+        out = np.empty_like(x)
+        out[srt] = x
         return out
 
     def take_chunks(self, rows: np.ndarray, chunk: int = 32768):

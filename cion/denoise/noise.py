@@ -54,7 +54,7 @@ def _tree_cells(U: np.ndarray, idx: np.ndarray, cell_size: int, seed: int, depth
     return out
 
 
-def count_close_pairs(U: np.ndarray, sigma_drm: float, *, exact_limit: int = 20000,
+def count_close_pairs(U: np.ndarray, sigma_drm: float, *, exact_limit: int = 4096,
                       cell_size: int = 1000, seed: int = 0) -> tuple[int, bool]:
     """Unordered pairs of centroid directions ``U`` (M, D) closer than ``sigma_drm``.
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from cion.denoise.cross import ORDERS, cross_links
 from cion.denoise.features import FeatureSource, open_features
@@ -142,7 +143,9 @@ def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray
         lo, hi = int(tstart[a]), int(tstart[b])
         xb = src.take(order[lo:hi])
         q[lo:hi] = np.einsum("ij,ij->i", xb, xb)
-        S[a:b] = np.add.reduceat(xb, tstart[a:b] - lo, axis=0)
+        own = np.repeat(np.arange(b - a), cnt[a:b])
+        ind = sp.csr_matrix((np.ones(hi - lo), (own, np.arange(hi - lo))), shape=(b - a, hi - lo))
+        S[a:b] = ind @ xb                                  # tracklet sums (sparse indicator)
         p[lo:hi] = np.einsum("ij,ij->i", xb, np.repeat(S[a:b], cnt[a:b], axis=0))
         del xb
         a = b
@@ -150,6 +153,12 @@ def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray
             tick(hi)
     src.release()
     return S, p, q
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is in KiB)."""
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def _own_dots_from_sums(p: np.ndarray, S: np.ndarray, t_of: np.ndarray, cnt: np.ndarray):
@@ -162,7 +171,7 @@ def _own_dots_from_sums(p: np.ndarray, S: np.ndarray, t_of: np.ndarray, cnt: np.
 
 def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: float = 0.18,
             range_half_width: int = 1000, levels=LEVELS, cross_order: str = "sequence",
-            noise_stats: bool = True, noise_exact_limit: int = 20000, progress: bool = False,
+            noise_stats: bool = True, noise_exact_limit: int = 4096, progress: bool = False,
             block_rows: int = 32768, seed: int = 0) -> DenoiseResult:
     """Denoise tracklets into cross-video identities (paper Eq. 4-7, SPEC.md section 3).
 
@@ -220,7 +229,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             st = {"level": name, "identities": int(ident_count), "images_kept": kept,
                   "images_reallocated": int(np.count_nonzero(code_pos == 1)),
                   "images_discarded": int(np.count_nonzero(code_pos == 2)),
-                  "seconds": round(float(seconds), 4)}
+                  "seconds": round(float(seconds), 4), "peak_rss_mb": _peak_rss_mb()}
             st.update(extra)
             stats.append(st)
             return st
