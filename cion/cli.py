@@ -164,6 +164,87 @@ def pretrain(
     distributed.cleanup()
 
 
+zoo_app = typer.Typer(help="The 32 ReIDZoo backbones: list, inspect, convert the authors' checkpoints, "
+                           "export to ONNX.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("list")
+def zoo_list(family: Optional[str] = typer.Option(None, "--family", help="Only this family (e.g. vit).")) -> None:
+    """One line per model: family, parameters, feature width, the authors' finetuned mAP."""
+    from cion.models import list_models, model_info
+
+    try:
+        names = list_models(family)
+    except ValueError as err:
+        raise CionError(str(err)) from None
+    typer.echo(f"{'name':<18}{'family':<12}{'params(M)':>10}{'dim':>6}{'mAP Market/MSMT':>17}  reparam")
+    for name in names:
+        info = model_info(name)
+        mAP = info["reported_mAP"]
+        typer.echo(f"{name:<18}{info['family']:<12}{info['params'] / 1e6:>10.2f}{info['feature_dim']:>6}"
+                   f"{mAP['market1501']:>10.1f} / {mAP['msmt17']:<4.1f}  {'yes' if info['reparameterizable'] else ''}")
+
+
+@zoo_app.command("info")
+def zoo_info(name: str = typer.Argument(..., help="Model name (cion zoo list)."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Family, structure used, widths, parameters, checkpoint prefix and pre-training recipe hint."""
+    import json
+
+    from cion.models import model_info
+
+    info = model_info(name)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:<18} {value}")
+
+
+@zoo_app.command("convert")
+def zoo_convert(
+    checkpoint: Path = typer.Argument(..., help="The authors' released pre-training checkpoint (.pth)."),
+    arch: str = typer.Option(..., "--arch", help="Model name (cion zoo list)."),
+    out: Path = typer.Option(..., "--out", help="Output backbone file (.safetensors)."),
+    which: str = typer.Option("teacher", "--which", help="Checkpoint entry to take: teacher or student."),
+) -> None:
+    """Authors' .pth -> our safetensors backbone (safe unpickling, strict key check)."""
+    from cion.models.checkpoint import convert_official
+    from cion.models.registry import get_entry
+
+    get_entry(arch)
+    if out.suffix != ".safetensors":
+        raise CionError(f"--out {out} should end in .safetensors")
+    report = convert_official(checkpoint, arch, out, which)
+    typer.echo(report.describe())
+    typer.echo(f"wrote {out}")
+
+
+@zoo_app.command("export")
+def zoo_export(
+    name: str = typer.Argument(..., help="Model name (cion zoo list)."),
+    onnx: Path = typer.Option(..., "--onnx", help="Output .onnx file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: our .safetensors or the authors' .pth."),
+    img_size: str = typer.Option("256x128", "--img-size", help="Input HEIGHTxWIDTH baked into the graph."),
+    reparameterize: bool = typer.Option(True, "--reparameterize/--no-reparameterize",
+                                        help="Fold RepViT/FastViT branches first (ignored for other families)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (VOLO needs >= 18)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch outputs."),
+) -> None:
+    """Export a backbone to ONNX (dynamic batch) and check it with onnxruntime."""
+    from cion.models import create_model, model_info
+    from cion.models.export import export_onnx
+    from cion.models.reparam import reparameterize as fold
+
+    size = _parse_size(img_size, "--img-size")
+    model = create_model(name, checkpoint=checkpoint).eval()
+    if reparameterize and model_info(name)["reparameterizable"]:
+        model = fold(model, inplace=True)
+    report = export_onnx(model, onnx, img_size=size, opset=opset, check=check)
+    typer.echo(report.describe())
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: one-line errors, exit status 2 for user errors."""
     command = typer.main.get_command(app)

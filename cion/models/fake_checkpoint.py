@@ -10,7 +10,8 @@ Size: a real ViT-B checkpoint is over a gigabyte (the 65336-row head, student, t
 AdamW moments). To keep tests fast, every float tensor here is a strided view into one shared pool
 of random numbers (each at its own random offset, strides (.., 13, 7, 1)), which ``torch.save``
 stores once: the file is a few megabytes yet every tensor has its full shape and its own values.
-Index buffers (``relative_position_index``) get their true values, since loaders may verify them.
+Index buffers (``relative_position_index``) get their true values, since loaders may verify them,
+and BN running variances are positive, so a model loaded from the file computes finite features.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class _Pool:
     """Random views: ``take(shape)`` returns a tensor of ``shape`` backed by the shared random pool."""
 
     def __init__(self, size: int, generator: torch.Generator):
-        self.values = torch.randn(size, generator=generator)
+        # small like trained weights, so a deep net on these values stays finite
+        self.values = 0.05 * torch.randn(size, generator=generator)
         self.gen = generator
 
     def take(self, shape, dtype: torch.dtype) -> torch.Tensor:
@@ -60,6 +62,8 @@ def _tensor_for(key: str, shape, dtype: str, pool: _Pool) -> torch.Tensor:
     if key.endswith("relative_position_index"):
         window = int(round(math.sqrt(shape[0])))
         return swin_relative_position_index(window).reshape(shape)
+    if key.endswith("running_var"):   # a variance is positive (1-D and small: materialised)
+        return pool.take(shape, _DTYPES[dtype]).abs() + 1.0
     return pool.take(shape, _DTYPES[dtype])
 
 
