@@ -181,16 +181,16 @@ def test_memmap_fp16_and_block_boundaries(tmp_path):
 
 def test_coarse_order_finds_links_the_sequence_misses():
     rng = np.random.default_rng(5)
-    D, people, per = 16, 30, 4
+    D, people, per = 16, 200, 3
     centres = rng.normal(size=(people, D))
     # each person appears in `per` videos, spread far apart in the sequence
     who = np.tile(np.arange(people), per)
     X = (centres[who] + 0.02 * rng.normal(size=(len(who), D))).astype(np.float32)
     vid = np.array([f"v{i:04d}" for i in range(len(who))])
     trk = np.arange(len(who))
-    seq = denoise(X, vid, trk, range_half_width=3, levels="cross")
-    both = denoise(X, vid, trk, range_half_width=3, levels="cross", cross_order="both")
-    assert seq.identity.max() + 1 == len(who)             # r_s = 3 < people: nothing linked
+    seq = denoise(X, vid, trk, range_half_width=64, levels="cross")
+    both = denoise(X, vid, trk, range_half_width=64, levels="cross", cross_order="both")
+    assert seq.identity.max() + 1 == len(who)             # r_s = 64 < people: nothing linked
     assert both.identity.max() + 1 < seq.identity.max() + 1
     # "both" only adds links: every sequence identity lies inside one "both" identity
     for k in range(seq.identity.max() + 1):

@@ -29,7 +29,7 @@ from cion.denoise.features import FeatureSource, open_features
 def calibrate_thresholds(features, video, tracklet, *, quantile: float = 0.8,
                          false_links: float = 0.1, range_half_width: int = 1000,
                          max_pairs: int = 4_000_000, seed: int = 0,
-                         block_rows: int = 32768) -> dict:
+                         block_rows: int = 2048) -> dict:
     """Thresholds from the features' own distances (see the module docstring).
 
     Args:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cion.denoise.parallel import pmap
+
 #: float32 band products are re-checked in float64 when within this of the threshold
 _MARGIN = 2e-4
 
@@ -22,7 +24,7 @@ ORDERS = ("sequence", "coarse", "both")
 
 
 def band_links(U64: np.ndarray, U32: np.ndarray, perm: np.ndarray, r_s: int, sigma_drm: float,
-               block: int = 256, progress=None):
+               block: int = 256, progress=None, threads: int = 1):
     """Linking relations of a sliding range of half-width ``r_s`` over the order ``perm``.
 
     Args:
@@ -41,24 +43,27 @@ def band_links(U64: np.ndarray, U32: np.ndarray, perm: np.ndarray, r_s: int, sig
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     Up = U32[perm]
     thr = np.float32(1.0 - sigma_drm - _MARGIN)
-    for a in range(0, G, block):                       # one iteration per block of B rows
+    def run(a):                                        # one block of B rows -> its links
         b = min(a + block, G)
         c0, c1 = a + 1, min(G, b + r_s)
         if c0 >= c1:
-            break
+            return None
         sims = Up[a:b] @ Up[c0:c1].T                   # (B, C) float32
-        rows = np.arange(a, b)[:, None]
-        cols = np.arange(c0, c1)[None, :]
-        gap = cols - rows
+        gap = np.arange(c0, c1)[None, :] - np.arange(a, b)[:, None]
         ii, jj = np.nonzero((sims > thr) & (gap >= 1) & (gap <= r_s))
-        if len(ii):
-            pi, pj = perm[a + ii], perm[c0 + jj]
-            d = 1.0 - np.einsum("ij,ij->i", U64[pi], U64[pj])
-            ok = d < sigma_drm
-            out_i.append(pi[ok])
-            out_j.append(pj[ok])
         if progress is not None:
             progress(b)
+        if len(ii) == 0:
+            return None
+        pi, pj = perm[a + ii], perm[c0 + jj]
+        d = 1.0 - np.einsum("ij,ij->i", U64[pi], U64[pj])
+        ok = d < sigma_drm
+        return pi[ok], pj[ok]
+
+    for r in pmap(run, range(0, G, block), threads):
+        if r is not None:
+            out_i.append(r[0])
+            out_j.append(r[1])
     if not out_i:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(out_i), np.concatenate(out_j)
@@ -95,7 +100,7 @@ def coarse_order(U32: np.ndarray, r_s: int, seed: int = 0) -> np.ndarray:
 
 
 def cross_links(U64: np.ndarray, r_s: int, sigma_drm: float, order: str = "sequence",
-                seed: int = 0, progress=None):
+                seed: int = 0, progress=None, threads: int = 1):
     """All linking relations of level 3 for the groups in sequence order ``0..G-1``.
 
     ``order``: ``sequence`` (paper), ``coarse`` (slide over :func:`coarse_order`), or ``both``.
@@ -107,7 +112,9 @@ def cross_links(U64: np.ndarray, r_s: int, sigma_drm: float, order: str = "seque
     G = len(U64)
     parts = []
     if order in ("sequence", "both"):
-        parts.append(band_links(U64, U32, np.arange(G), r_s, sigma_drm, progress=progress))
+        parts.append(band_links(U64, U32, np.arange(G), r_s, sigma_drm, progress=progress,
+                                threads=threads))
     if order in ("coarse", "both"):
-        parts.append(band_links(U64, U32, coarse_order(U32, r_s, seed), r_s, sigma_drm))
+        parts.append(band_links(U64, U32, coarse_order(U32, r_s, seed), r_s, sigma_drm,
+                                threads=threads))
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

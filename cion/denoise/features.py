@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cion.denoise.parallel import default_threads, pmap
 from cion.errors import CionError
 
 
@@ -55,9 +56,10 @@ class FeatureSource:
         source: name used in error messages.
     """
 
-    def __init__(self, features: np.ndarray, source: str = "features"):
+    def __init__(self, features: np.ndarray, source: str = "features", threads: int | None = None):
         self.X = features
         self.source = source
+        self.threads = max(1, int(threads if threads is not None else default_threads()))
         self.n, self.dim = int(features.shape[0]), int(features.shape[1])
 
     # -- reading ---------------------------------------------------------------------------
@@ -103,10 +105,16 @@ class FeatureSource:
         out[srt] = x
         return out
 
-    def take_chunks(self, rows: np.ndarray, chunk: int = 32768):
-        """Yield ``(slice, block)`` pairs covering ``rows`` in chunks (bounded memory)."""
-        for a in range(0, len(rows), chunk):
-            yield slice(a, min(a + chunk, len(rows))), self.take(rows[a:a + chunk])
+    def for_chunks(self, rows: np.ndarray, fn, chunk: int = 2048) -> None:
+        """Call ``fn(slice, block)`` for chunks of ``rows`` (normalised float64 blocks), on
+        ``self.threads`` threads (numpy releases the GIL in the heavy parts). ``fn`` must write
+        only to the entries of its own slice."""
+        self.map(lambda sl: fn(sl, self.take(rows[sl])),
+                 [slice(a, min(a + chunk, len(rows))) for a in range(0, len(rows), chunk)])
+
+    def map(self, fn, items) -> list:
+        """``[fn(item) for item in items]`` on ``self.threads`` threads; exceptions propagate."""
+        return pmap(fn, items, self.threads)
 
     # -- memory ----------------------------------------------------------------------------
     def release(self) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cion.denoise.parallel import pmap
+
 
 def _count_block_pairs(U: np.ndarray, sigma_drm: float, block: int = 2048) -> int:
     """Exact number of unordered pairs i < j of rows of U with ``1 - <u_i, u_j> < sigma_drm``."""
@@ -55,7 +57,7 @@ def _tree_cells(U: np.ndarray, idx: np.ndarray, cell_size: int, seed: int, depth
 
 
 def count_close_pairs(U: np.ndarray, sigma_drm: float, *, exact_limit: int = 4096,
-                      cell_size: int = 1000, seed: int = 0) -> tuple[int, bool]:
+                      cell_size: int = 512, seed: int = 0, threads: int = 1) -> tuple[int, bool]:
     """Unordered pairs of centroid directions ``U`` (M, D) closer than ``sigma_drm``.
 
     Returns ``(count, exact)``. Rows of zeros (zero centroids) are never close to anything.
@@ -64,10 +66,8 @@ def count_close_pairs(U: np.ndarray, sigma_drm: float, *, exact_limit: int = 409
     if M <= exact_limit:
         return _count_block_pairs(np.asarray(U, dtype=np.float64), sigma_drm), True
     U32 = np.asarray(U, dtype=np.float32)
-    total = 0
-    for cell in _tree_cells(U32, np.arange(M), cell_size, seed):
-        total += _count_block_pairs(U32[cell], sigma_drm)
-    return total, False
+    cells = _tree_cells(U32, np.arange(M), cell_size, seed)
+    return sum(pmap(lambda c: _count_block_pairs(U32[c], sigma_drm), cells, threads)), False
 
 
 def noise_from_dots(labels: np.ndarray, own_dot: np.ndarray, U: np.ndarray,

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from cion.denoise.cross import ORDERS, cross_links
 from cion.denoise.features import FeatureSource, open_features
 from cion.denoise.noise import noise_from_dots
+from cion.denoise.parallel import single_threaded_blas
 from cion.denoise.reference import LEVELS
 from cion.denoise.segments import (components, number_by_first_row, run_starts, segment_sums,
                                    unit_rows)
@@ -125,7 +126,7 @@ def _layout(video, tracklet, n: int):
 
 
 def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
-                       block_rows: int = 32768, tick=None):
+                       block_rows: int = 2048, tick=None):
     """One pass over the features in sequence order (blocks of whole tracklets).
 
     Returns ``(S, p, q)``: S (T, D) float64 member sums of each tracklet, p (N,) ``<x_i, S_t>``
@@ -136,10 +137,15 @@ def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray
     S = np.zeros((T, src.dim))
     p = np.empty(len(order))
     q = np.empty(len(order))
+    blocks = []
     a = 0
-    while a < T:                 # one iteration per block of whole tracklets
-        b = int(np.searchsorted(tstart, tstart[a] + block_rows, side="right")) - 1
-        b = max(b, a + 1)
+    while a < T:                 # block boundaries: whole tracklets, about block_rows rows
+        b = max(int(np.searchsorted(tstart, tstart[a] + block_rows, side="right")) - 1, a + 1)
+        blocks.append((a, b))
+        a = b
+
+    def work(ab):
+        a, b = ab
         lo, hi = int(tstart[a]), int(tstart[b])
         xb = src.take(order[lo:hi])
         q[lo:hi] = np.einsum("ij,ij->i", xb, xb)
@@ -147,10 +153,10 @@ def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray
         ind = sp.csr_matrix((np.ones(hi - lo), (own, np.arange(hi - lo))), shape=(b - a, hi - lo))
         S[a:b] = ind @ xb                                  # tracklet sums (sparse indicator)
         p[lo:hi] = np.einsum("ij,ij->i", xb, np.repeat(S[a:b], cnt[a:b], axis=0))
-        del xb
-        a = b
         if tick is not None:
             tick(hi)
+
+    src.map(work, blocks)
     src.release()
     return S, p, q
 
@@ -172,7 +178,7 @@ def _own_dots_from_sums(p: np.ndarray, S: np.ndarray, t_of: np.ndarray, cnt: np.
 def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: float = 0.18,
             range_half_width: int = 1000, levels=LEVELS, cross_order: str = "sequence",
             noise_stats: bool = True, noise_exact_limit: int = 4096, progress: bool = False,
-            block_rows: int = 32768, seed: int = 0) -> DenoiseResult:
+            block_rows: int = 2048, threads: int | None = None, seed: int = 0) -> DenoiseResult:
     """Denoise tracklets into cross-video identities (paper Eq. 4-7, SPEC.md section 3).
 
     Args:
@@ -189,6 +195,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             above it with the k-means-tree neighbour search (see :mod:`cion.denoise.noise`).
         progress: show progress bars.
         block_rows: rows read per block.
+        threads: threads for the passes over the features (default: min(2, CPUs)).
 
     Returns:
         :class:`DenoiseResult` (unpacks as ``identity, status``).
@@ -207,15 +214,17 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         raise CionError(f"range half-width {range_half_width} must be >= 0")
     X = open_features(features)
     src = FeatureSource(X, str(features) if isinstance(features, (str, bytes)) or
-                        hasattr(features, "__fspath__") else "features")
+                        hasattr(features, "__fspath__") else "features", threads=threads)
     n, D = src.n, src.dim
     order, tid_pos, tstart, tvideo, vtstart = _layout(video, tracklet, n)
     T = len(tstart) - 1
     cnt = np.diff(tstart).astype(np.int64)
-    search = {"exact_limit": noise_exact_limit, "seed": seed}
+    search = {"exact_limit": noise_exact_limit, "seed": seed, "threads": src.threads}
     ph = _Phases(progress)
     stats: list[dict] = []
-    pending = []                     # (stage dict, member positions, labels, unit centroids)
+    pending = []                     # (stage dict, labels of the tracklets)
+    blas = single_threaded_blas(src.threads > 1)
+    blas.__enter__()
     try:
         # ---- pass 1: validate, normalise, tracklet sums and member dot products ----------
         t0 = time.perf_counter()
@@ -250,7 +259,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             t0 = time.perf_counter()
             tick = ph.phase("level 1: tracklets (rounds)", 0)
             alive, excluded, rounds = denoise_tracklets(
-                src, order, tstart, S, cnt, p, q, sigma_cst,
+                src, order, tstart, S, cnt, p, q, sigma_cst, chunk=block_rows,
                 progress=lambda r, e: tick(r))
             src.release()
             code_pos[excluded] = 2
@@ -280,7 +289,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             Xe = src.take(order[excluded])
             src.release()
             target = reallocate(Xe, e_track, tvideo[e_track], unit_rows(S, cnt), key, vtstart,
-                                sigma_cst)
+                                sigma_cst, threads=src.threads)
             ok = target >= 0
             code_pos[excluded[ok]] = 1
             S2 = S + segment_sums(Xe[ok], target[ok], T)
@@ -288,7 +297,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             del Xe
             np.minimum.at(key, target[ok], order[excluded[ok]])
             tick(1)
-            mi, mj = merge_pairs(unit_rows(S2, cnt2), vtstart, sigma_drm)
+            mi, mj = merge_pairs(unit_rows(S2, cnt2), vtstart, sigma_drm, threads=src.threads)
             glab = components(T, mi, mj)
             tick(2)
             st = stage("video", time.perf_counter() - t0, glab.max() + 1 if T else 0, code_pos,
@@ -311,7 +320,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             U3 = unit_rows(gS[seq], gcnt[seq])
             tick = ph.phase("level 3: sliding range", G)
             li, lj = cross_links(U3, int(range_half_width), sigma_drm, cross_order, seed,
-                                 progress=tick)
+                                 progress=tick, threads=src.threads)
             del U3
             comp = components(G, li, lj)
             ident_g = np.empty(G, dtype=np.int64)
@@ -342,6 +351,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             for st, _ in pending:
                 st["noise_seconds"] = round(per, 4)
     finally:
+        blas.__exit__(None, None, None)
         ph.close()
     params = {"sigma_cst": float(sigma_cst), "sigma_drm": float(sigma_drm),
               "range_half_width": int(range_half_width), "levels": list(lv),
@@ -363,14 +373,15 @@ def _pending_noise(src, order, tid_pos, alive, excluded, target, S2, cnt2, pendi
         M = int(lab_t.max()) + 1
         gS = segment_sums(S2, lab_t, M)
         gc = np.bincount(lab_t, weights=cnt2, minlength=M)
-        units.append(unit_rows(gS, gc).astype(np.float32))
+        units.append(unit_rows(gS, gc))
         labs.append(lab_t[t_of[mem]])
         dots.append(np.empty(len(mem)))
     tick = ph.phase("noise n_S (radii)", len(mem))
-    for sl, xb in src.take_chunks(order[mem], block_rows):
-        x32 = xb.astype(np.float32)
+    def work(sl, xb):
         for k in range(len(pending)):                 # at most two labellings
-            dots[k][sl] = np.einsum("ij,ij->i", x32, units[k][labs[k][sl]])
+            dots[k][sl] = np.einsum("ij,ij->i", xb, units[k][labs[k][sl]])
         tick(sl.stop)
+
+    src.for_chunks(order[mem], work, block_rows)
     for k, (st, _) in enumerate(pending):
         st.update(noise_from_dots(labs[k], dots[k], units[k], sigma_cst, sigma_drm, **search))

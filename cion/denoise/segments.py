@@ -56,14 +56,11 @@ def unit_rows(S: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def segment_sums(X: np.ndarray, owner: np.ndarray, n_owners: int) -> np.ndarray:
     """Sum the rows of ``X`` (M, D) by ``owner`` (M,) into (n_owners, D) float64 (any order)."""
-    out = np.zeros((n_owners, X.shape[1]))
     if len(owner) == 0:
-        return out
-    srt = np.argsort(owner, kind="stable")
-    o = owner[srt]
-    st = run_starts(o)
-    out[o[st]] = np.add.reduceat(X[srt], st, axis=0)
-    return out
+        return np.zeros((n_owners, X.shape[1]))
+    ind = sp.csr_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))),
+                        shape=(n_owners, len(owner)))
+    return np.asarray(ind @ np.asarray(X, dtype=np.float64))       # sparse indicator product
 
 
 def components(n: int, ei: np.ndarray, ej: np.ndarray) -> np.ndarray:
@@ -95,49 +92,3 @@ def number_by_first_row(labels: np.ndarray) -> np.ndarray:
     rank[np.argsort(rows, kind="stable")] = np.arange(len(uniq))
     out[ok] = rank[np.searchsorted(uniq, labels[ok])]
     return out
-
-
-def padded_batches(nq: np.ndarray, nk: np.ndarray, max_cells: int = 1 << 22,
-                   max_rows: int = 1 << 15):
-    """Group segments for padded batched matrix products of their (queries x keys) blocks.
-
-    Segments with ``nq > 0`` and ``nk > 0`` are bucketed by the next powers of two of their
-    sizes and cut into batches of at most ``max_cells`` products and ``max_rows`` padded rows.
-    A segment too large for one batch is split into query tiles.
-
-    Yields ``(segs, q0, mq, mk)``: segment ids, the first query of the tile (0 unless tiled),
-    and the padded query / key counts of the batch.
-    """
-    nq = np.asarray(nq, dtype=np.int64)
-    nk = np.asarray(nk, dtype=np.int64)
-    idx = np.flatnonzero((nq > 0) & (nk > 0))
-    if len(idx) == 0:
-        return
-    bq = 1 << np.ceil(np.log2(nq[idx])).astype(np.int64)
-    bk = 1 << np.ceil(np.log2(nk[idx])).astype(np.int64)
-    key = bq * (1 << 32) + bk
-    o = np.argsort(key, kind="stable")
-    idx, key, bq, bk = idx[o], key[o], bq[o], bk[o]
-    for st in run_starts(key):                     # one iteration per size bucket
-        en = st + int(np.searchsorted(key[st:], key[st], side="right"))
-        segs = idx[st:en]
-        mq, mk = int(nq[segs].max()), int(nk[segs].max())
-        per = max(1, min(max_cells // max(mq * mk, 1), max_rows // max(mq, mk, 1)))
-        if mq * mk > max_cells and len(segs) >= 1 and per == 1:
-            tile = max(1, max_cells // mk)
-            for s in segs:                           # large segments: one at a time, tiled
-                for q0 in range(0, int(nq[s]), tile):
-                    yield np.array([s]), q0, min(tile, int(nq[s]) - q0), int(nk[s])
-            continue
-        for a in range(0, len(segs), per):
-            g = segs[a:a + per]
-            yield g, 0, int(nq[g].max()), int(nk[g].max())
-
-
-def padded_index(starts: np.ndarray, segs: np.ndarray, q0: int, m: int):
-    """Indices (G, m) of items ``starts[s] + q0 + 0..m-1`` and a validity mask (G, m)."""
-    loc = q0 + np.arange(m)[None, :]
-    n = (starts[segs + 1] - starts[segs])[:, None]
-    valid = loc < n
-    idx = np.where(valid, starts[segs][:, None] + loc, 0)
-    return idx, valid

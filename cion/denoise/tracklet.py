@@ -47,7 +47,7 @@ def loo_deviation(p, q, SS, n, S_rows=None, x_rows=None):
 
 def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
                       S: np.ndarray, cnt: np.ndarray, p: np.ndarray, q: np.ndarray,
-                      sigma_cst: float, chunk: int = 32768, progress=None):
+                      sigma_cst: float, chunk: int = 2048, progress=None):
     """Run Eq. 4 on every tracklet; updates ``S``, ``cnt``, ``p`` in place.
 
     Args:
@@ -93,16 +93,21 @@ def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
         removed_all.append(rem_pos)
         # update sums and member dot products of the tracklets that lost a member
         xm = np.empty((len(rem_t), S.shape[1]))
-        for sl, blk in src.take_chunks(order[rem_pos], chunk):
+
+        def put(sl, blk, xm=xm):
             xm[sl] = blk
+
+        src.for_chunks(order[rem_pos], put, chunk)
         S[rem_t] -= xm
         cnt[rem_t] -= 1
         SS[rem_t] = np.einsum("ij,ij->i", S[rem_t], S[rem_t])
         upos, uown = expand_ranges(tstart[rem_t], tstart[rem_t + 1])
         ok = alive[upos]
         upos, uown = upos[ok], uown[ok]
-        for sl, blk in src.take_chunks(order[upos], chunk):
+        def update(sl, blk, upos=upos, uown=uown, xm=xm):
             p[upos[sl]] -= np.einsum("ij,ij->i", blk, xm[uown[sl]])
+
+        src.for_chunks(order[upos], update, chunk)
         active = rem_t[cnt[rem_t] >= 2]
         if progress is not None:
             progress(rounds, int(alive.size - alive.sum()))

@@ -1,19 +1,36 @@
 """Level 2, single-video denoising: reallocation (paper Eq. 5) and merging (Eq. 6).
 
-Both steps only compare things inside one video. Videos are grouped by size and handled as
-padded batched matrix products (``(G, q, D) @ (G, D, k)``), float64, so the cost is the sum of
-the per-video products and there is no Python loop over samples or pairs.
+Both steps only compare things inside one video. Tracklets of a video are contiguous, so runs of
+consecutive videos holding about ``chunk`` tracklets together are handled with one plain 2-D
+matrix product (float64 BLAS) and a same-video mask; a video larger than a chunk is handled
+alone, tiled by rows. Cost ``O(T * chunk * D)``; no Python loop over samples or pairs.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from cion.denoise.parallel import pmap
 from cion.denoise.reference import TIE_EPS
-from cion.denoise.segments import padded_batches, padded_index
+
+
+def video_chunks(vtstart: np.ndarray, chunk: int = 256) -> list[tuple[int, int]]:
+    """Runs ``(v0, v1)`` of consecutive videos with about ``chunk`` tracklets in all.
+
+    A run is cut where ``vtstart // chunk`` changes, so it holds at most ``chunk`` tracklets plus
+    its last video; one iteration per run in the callers.
+    """
+    V = len(vtstart) - 1
+    if V <= 0:
+        return []
+    cid = vtstart[:-1] // chunk
+    starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
+    ends = np.r_[starts[1:], V]
+    return list(zip(starts.tolist(), ends.tolist()))
 
 
 def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.ndarray,
-               key: np.ndarray, vtstart: np.ndarray, sigma_cst: float) -> np.ndarray:
+               key: np.ndarray, vtstart: np.ndarray, sigma_cst: float,
+               chunk: int = 256, tile: int = 4096, threads: int = 1) -> np.ndarray:
     """Eq. 5 with the fixed level-1 centroids.
 
     Args:
@@ -23,6 +40,7 @@ def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.
         key: (T,) first manifest row of each level-1 tracklet (tie-break: earliest).
         vtstart: (V+1,) tracklets of video v are ``vtstart[v]:vtstart[v+1]``.
         sigma_cst: a sample is reallocated only if its distance is ``< sigma_cst``.
+        threads: runs of videos handled in parallel.
 
     Returns:
         (E,) int64 target tracklet, -1 where the sample is discarded.
@@ -32,53 +50,70 @@ def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.
     if E == 0:
         return target
     o = np.argsort(e_video, kind="stable")
-    V = len(vtstart) - 1
-    estart = np.searchsorted(e_video[o], np.arange(V + 1))
-    nq = np.diff(estart)
-    nk = np.diff(vtstart)
-    nk_use = np.where(nk >= 2, nk, 0)                # a lone tracklet has nobody to give to
+    ev = e_video[o]
+    tvideo = np.repeat(np.arange(len(vtstart) - 1), np.diff(vtstart))
     big = np.iinfo(np.int64).max
-    for segs, q0, mq, mk in padded_batches(nq, nk_use):
-        qi, qv = padded_index(estart, segs, q0, mq)  # (G, mq) positions in o
-        ki, kv = padded_index(vtstart, segs, 0, mk)  # (G, mk) tracklet ids
-        ee = o[qi]
-        sims = np.matmul(Xe[ee], U1[ki].transpose(0, 2, 1))
-        d = 1.0 - sims
-        bad = ~kv[:, None, :] | (ki[:, None, :] == e_track[ee][:, :, None])
-        d[bad] = np.inf
-        best = d.min(axis=2, keepdims=True)
-        tied = (d <= best + TIE_EPS) & ~bad
-        pick = np.where(tied, key[ki][:, None, :], big).argmin(axis=2)      # (G, mq)
-        dist = np.take_along_axis(d, pick[..., None], axis=2)[..., 0]
-        tgt = np.take_along_axis(np.broadcast_to(ki[:, None, :], d.shape), pick[..., None],
-                                 axis=2)[..., 0]
-        ok = qv & (dist < sigma_cst)
-        target[ee[ok]] = tgt[ok]
+
+    def run(vv):                                     # one run of videos; writes its own samples
+        v0, v1 = vv
+        q0, q1 = np.searchsorted(ev, [v0, v1])
+        t0, t1 = int(vtstart[v0]), int(vtstart[v1])
+        if q0 == q1 or t1 - t0 < 2:
+            return
+        K = U1[t0:t1]
+        kv, kkey = tvideo[t0:t1], key[t0:t1]
+        step = max(1, min(tile, (1 << 24) // (t1 - t0)))
+        for a in range(q0, q1, step):                # tiles of queries (bounded memory)
+            ee = o[a:min(a + step, q1)]
+            d = 1.0 - Xe[ee] @ K.T                    # (q, k)
+            bad = (kv[None, :] != e_video[ee][:, None]) | \
+                  (np.arange(t0, t1)[None, :] == e_track[ee][:, None])
+            d[bad] = np.inf
+            best = d.min(axis=1, keepdims=True)
+            tied = (d <= best + TIE_EPS) & ~bad
+            pick = np.where(tied, kkey[None, :], big).argmin(axis=1)
+            dist = d[np.arange(len(ee)), pick]
+            ok = dist < sigma_cst                     # inf (nobody else in the video) fails
+            target[ee[ok]] = t0 + pick[ok]
+
+    pmap(run, video_chunks(vtstart, chunk), threads)
     return target
 
 
-def merge_pairs(U2: np.ndarray, vtstart: np.ndarray, sigma_drm: float):
+def merge_pairs(U2: np.ndarray, vtstart: np.ndarray, sigma_drm: float, chunk: int = 256,
+                tile: int = 2048, threads: int = 1):
     """Eq. 6: all pairs of tracklets of one video with ``1 - cos < sigma_drm``.
 
     Args:
         U2: (T, D) unit level-2 centroids (after reallocation), float64.
         vtstart: (V+1,) video segments over tracklets.
+        threads: runs of videos handled in parallel.
 
     Returns:
         ``(i, j)`` int64 arrays of linked tracklet pairs (i < j).
     """
-    nk = np.diff(vtstart)
-    n2 = np.where(nk >= 2, nk, 0)
-    out_i, out_j = [], []
-    for segs, q0, mq, mk in padded_batches(n2, n2):
-        qi, qv = padded_index(vtstart, segs, q0, mq)
-        ki, kv = padded_index(vtstart, segs, 0, mk)
-        d = 1.0 - np.matmul(U2[qi], U2[ki].transpose(0, 2, 1))
-        upper = (q0 + np.arange(mq))[:, None] < np.arange(mk)[None, :]
-        hit = (d < sigma_drm) & upper[None] & qv[:, :, None] & kv[:, None, :]
-        g, a, b = np.nonzero(hit)
-        out_i.append(qi[g, a])
-        out_j.append(ki[g, b])
-    if not out_i:
+    tvideo = np.repeat(np.arange(len(vtstart) - 1), np.diff(vtstart))
+
+    def run(vv):                                     # one run of videos -> its pairs
+        v0, v1 = vv
+        t0, t1 = int(vtstart[v0]), int(vtstart[v1])
+        out = []
+        if t1 - t0 < 2:
+            return out
+        K = U2[t0:t1]
+        step = max(1, min(tile, (1 << 24) // (t1 - t0)))
+        for a in range(t0, t1, step):                # row tiles (only for very large videos)
+            b = min(a + step, t1)
+            d = 1.0 - U2[a:b] @ K.T
+            rows = np.arange(a, b)[:, None]
+            cols = np.arange(t0, t1)[None, :]
+            same = tvideo[a:b][:, None] == tvideo[t0:t1][None, :]
+            ii, jj = np.nonzero((d < sigma_drm) & (cols > rows) & same)
+            out.append((a + ii, t0 + jj))
+        return out
+
+    parts = [x for r in pmap(run, video_chunks(vtstart, chunk), threads) for x in r]
+    if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(out_i), np.concatenate(out_j)
+    return (np.concatenate([x[0] for x in parts]).astype(np.int64),
+            np.concatenate([x[1] for x in parts]).astype(np.int64))
