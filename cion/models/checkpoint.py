@@ -96,14 +96,17 @@ def read_torch_checkpoint(path: PathLike) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        found = re.search(r"(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([\w.]+)", text)
-        what = f"the global '{found.group(1)}'" if found else "an object type"
+        found = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if found is None:   # not a refused class: an unknown opcode, i.e. not a torch pickle at all
+            detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "unpickling failed")
+            raise CionError(f"cannot read {path} as a torch checkpoint ({detail}); is it the right, "
+                            "complete file?") from None
         raise UnsafeCheckpointError(
-            f"refused to load {path}: its pickle references {what}, which is not on the allow-list "
-            "(tensors, plain containers, argparse.Namespace). cion loads checkpoints with "
-            "weights_only=True and never executes code from a file. If the file is yours and trusted, "
-            "re-save only its tensors (e.g. torch.save(ckpt['teacher'], ...)) or convert it to "
-            "safetensors where it was made.") from None
+            f"refused to load {path}: its pickle references the global '{found.group(1)}', which is not "
+            "on the allow-list (tensors, plain containers, argparse.Namespace). cion loads checkpoints "
+            "with weights_only=True and never executes code from a file. If the file is yours and "
+            "trusted, re-save only its tensors (e.g. torch.save(ckpt['teacher'], ...)) or convert it "
+            "to safetensors where it was made.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise CionError(f"cannot read {path} as a torch checkpoint ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''}); is the file complete?") from None
