@@ -23,6 +23,7 @@ ever holding the whole query x gallery matrix.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -80,9 +81,14 @@ def _prepare_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, device) ->
     return _Labels(qp, qc, gp, gc, torch.nonzero(~keep).flatten(), ids, starts, counts, order)
 
 
+#: Threads for the ranking passes on CPU. They are many short memory-bound passes: with OpenMP
+#: every pass ends in a barrier, so on shared or busy cores extra threads mostly wait (measured
+#: 5x slower with 2 threads than 1 on a loaded 2-core machine). The distance matmuls of
+#: :func:`evaluate_features` keep torch's thread setting.
+RANK_THREADS = 1
 #: Below this share of (query, gallery) pairs closer than the last positive, those pairs are
 #: compared exactly (sparse path); above it the grid path bins them first.
-SPARSE_LIMIT = 0.125
+SPARSE_LIMIT = 0.03
 #: Cells of the per-row distance grid used when many negatives precede the last positive.
 GRID_CELLS = 2048
 
@@ -123,16 +129,16 @@ def _positive_ranks(dist: torch.Tensor, q_slice: slice, lab: _Labels):
     npos = valid.sum(1)
     real = offs[None, :] < npos[:, None]                                          # (B, M)
 
-    # --- negatives only: junk and the query's own identity go to +inf, after the last positive,
-    # where they cannot change any positive's rank
-    d = dist.clone()
-    if lab.junk_cols.numel():
-        d[:, lab.junk_cols] = float("inf")
-    r_in, c_in = torch.nonzero(in_list, as_tuple=True)
-    d[r_in, cand[r_in, c_in]] = float("inf")
+    # --- only negatives up to the last positive matter: junk and the query's own identity are
+    # masked out, later negatives cannot change any positive's rank
+    d = dist
     last = pos_d.gather(1, (npos - 1).clamp(min=0)[:, None])
     last = torch.where(npos[:, None] > 0, last, -inf)
-    close = d <= last               # (B, G): only negatives up to the last positive matter
+    close = d <= last                                                             # (B, G)
+    if lab.junk_cols.numel():
+        close[:, lab.junk_cols] = False
+    r_in, c_in = torch.nonzero(in_list, as_tuple=True)
+    close[r_in, cand[r_in, c_in]] = False
     n_close = int(close.sum())
 
     def before_count(rows, cols, vals, same):
@@ -158,7 +164,7 @@ def _positive_ranks(dist: torch.Tensor, q_slice: slice, lab: _Labels):
         # positive is ranked before it and one in a higher cell after it; only negatives that
         # share a cell with a positive are compared exactly. Cost: a few vectorised passes.
         cells = GRID_CELLS
-        lo = torch.where(close, d, inf).amin(1, keepdim=True)
+        lo = d.amin(1, keepdim=True)          # any lower bound of the close values will do
         span = last - lo
         scale = torch.where((npos[:, None] > 0) & (span > 0), (cells - 1) / span,
                             torch.zeros_like(span))
@@ -229,6 +235,19 @@ def _summarise(ap: np.ndarray, inp: np.ndarray, first_hit: np.ndarray, max_rank:
     }
 
 
+@contextmanager
+def _threads(n: int | None):
+    """Temporarily use ``n`` torch CPU threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _evaluate_chunks(chunks: Iterator[tuple[slice, torch.Tensor]], lab: _Labels, num_q: int,
                      num_g: int, max_rank: int) -> dict:
     ap = np.full(num_q, np.nan)
@@ -240,8 +259,9 @@ def _evaluate_chunks(chunks: Iterator[tuple[slice, torch.Tensor]], lab: _Labels,
         if not bool(torch.isfinite(dist.sum(1)).all()) and not bool(torch.isfinite(dist).all()):
             raise EvaluationError(f"distances of queries {sl.start}..{sl.stop - 1} contain NaN or "
                                   "inf: check the features (all-zero or NaN vectors?)")
-        ranks, npos = _positive_ranks(dist, sl, lab)
-        a, i, f = _query_scores(ranks, npos)
+        with _threads(RANK_THREADS if dist.device.type == "cpu" else None):
+            ranks, npos = _positive_ranks(dist, sl, lab)
+            a, i, f = _query_scores(ranks, npos)
         ap[sl], inp[sl], first[sl] = a.cpu().numpy(), i.cpu().numpy(), f.cpu().numpy()
     return _summarise(ap, inp, first, max_rank, num_g)
 
