@@ -1,0 +1,66 @@
+"""`cion zoo list | info | convert | export` end to end on small models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cion.cli import main
+from cion.models import create_model
+from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkpoint
+
+LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_zoo_list_and_info(capsys):
+    code, out, _ = _run(["zoo", "list"], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 33 and lines[1].startswith("resnet18 ")
+    assert any(ln.startswith("repvit_m0_9") and ln.rstrip().endswith("yes") for ln in lines)
+    code, out, _ = _run(["zoo", "list", "--family", "swin"], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 4
+    code, out, _ = _run(["zoo", "info", "vit_small", "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["feature_dim"] == 384 and info["teacher_prefix"] == "module.backbone."
+    assert "ICS" in info["structure"]
+    code, _, err = _run(["zoo", "info", "vit_smal"], capsys)
+    assert code == 2 and "vit_small" in err and len(err.strip().splitlines()) == 1
+
+
+def test_zoo_convert_and_export(tmp_path, capsys):
+    src = tmp_path / "RepViT_m0_9.pth"
+    written = write_fake_official_checkpoint(LAYOUTS["repvit_m0_9"], src, seed=5)
+    out = tmp_path / "repvit.safetensors"
+    code, stdout, err = _run(["zoo", "convert", str(src), "--arch", "repvit_m0_9", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "loaded 699 backbone tensors" in stdout and out.exists()
+    model = create_model("repvit_m0_9", checkpoint=out)
+    assert torch.equal(model.state_dict()["stem.conv1.c.weight"], written["features.0.0.c.weight"])
+
+    code, _, err = _run(["zoo", "convert", str(src), "--arch", "repvit_m1_0", "--out", str(tmp_path / "x.safetensors")],
+                        capsys)
+    assert code == 2 and "does not match repvit_m1_0" in err and "shape mismatches" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+    onnx_path = tmp_path / "repvit.onnx"
+    code, stdout, err = _run(["zoo", "export", "repvit_m0_9", "--checkpoint", str(out), "--onnx", str(onnx_path),
+                              "--img-size", "128x64"], capsys)
+    assert code == 0, err
+    assert "onnxruntime max |diff|" in stdout and onnx_path.stat().st_size > 100_000
