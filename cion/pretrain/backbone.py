@@ -1,7 +1,7 @@
 """Backbones for pre-training: any ReIDZoo model via ``cion.models.create_model``, plus two tiny
 test models (``test_resnet``, ``test_vit``) for unit tests and quick CPU smoke runs.
 
-Every backbone maps (B, 3, H, W) images to (B, D) features and has a ``width`` attribute (D).
+Every backbone maps (B, 3, H, W) images to (B, D) features and has a ``feature_dim`` attribute (D).
 Multi-crop training feeds two input sizes (global and local views), so ViT-style models must
 accept both (timm's ``dynamic_img_size``).
 """
@@ -28,7 +28,7 @@ def _test_model(arch: str, img_size: tuple[int, int]) -> nn.Module:
     else:                          # LayerNorm ViT, 2 blocks of width 64, patch 8
         m = VisionTransformer(img_size=img_size, patch_size=8, embed_dim=64, depth=2,
                               num_heads=2, num_classes=0, dynamic_img_size=True)
-    m.width = m.num_features
+    m.feature_dim = m.num_features
     return m
 
 
@@ -41,18 +41,21 @@ def build_backbone(arch: str, img_size: tuple[int, int] = (256, 128)) -> nn.Modu
     except ImportError as err:
         raise CionError(f"backbone '{arch}' needs cion.models (the ReIDZoo), which could not be "
                         f"imported ({err}). Fix: reinstall cion, or use --arch test_resnet") from None
-    try:
-        return create_model(arch, img_size=tuple(img_size))
-    except (KeyError, ValueError) as err:
-        if isinstance(err, CionError):
-            raise
-        raise CionError(f"unknown backbone '{arch}' ({err}). Fix: `cion zoo list` shows the "
-                        "available names") from None
+    return create_model(arch, img_size=tuple(img_size))  # unknown names: CionError naming close ones
+
+
+def is_cnn(arch: str, model: nn.Module) -> bool:
+    """Whether channels_last memory format helps: the zoo's flag, else "has BatchNorm"."""
+    if arch not in TEST_ARCHS:
+        from cion.models import model_info
+        return bool(model_info(arch)["channels_last"])
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def feature_width(model: nn.Module, img_size: tuple[int, int]) -> int:
     """Output width D of a backbone (its ``width`` attribute, else one dry forward)."""
-    width = getattr(model, "width", None) or getattr(model, "num_features", None)
+    width = (getattr(model, "feature_dim", None) or getattr(model, "width", None)
+             or getattr(model, "num_features", None))
     if width:
         return int(width)
     was = model.training

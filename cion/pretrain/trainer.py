@@ -33,7 +33,7 @@ from torch import nn
 
 from cion import distributed as dist
 from cion.errors import CionError
-from cion.pretrain.backbone import build_backbone, feature_width
+from cion.pretrain.backbone import build_backbone, feature_width, is_cnn
 from cion.pretrain.checkpoint import (load_checkpoint, rng_state, save_backbone, save_checkpoint,
                                       set_rng_state)
 from cion.pretrain.config import PretrainConfig
@@ -90,6 +90,35 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t, s, alpha=1.0 - momentum)
 
 
+def training_step(student: MultiCropNet, student_ddp: nn.Module, teacher: MultiCropNet,
+                  loss_fn: IdentityDINOLoss, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, views: list[torch.Tensor], ids: torch.Tensor,
+                  sched: dict, clip_grad: float, freeze_last_layer: bool,
+                  autocast=None) -> dict:
+    """One optimisation step of CION; returns the loss statistics (0-d tensors).
+
+    ``views``: 2 global then L local (B, 3, H, W) batches; ``ids``: (B,) identity labels;
+    ``sched``: the scheduled values (``teacher_temp``, ``momentum``; lr and weight decay are
+    already in the optimiser). ``student_ddp`` is the DDP-wrapped student (or the student).
+    """
+    with autocast if autocast is not None else contextlib.nullcontext():
+        with torch.no_grad():
+            teacher_out = teacher(views[:2])          # the teacher sees the global views only
+        student_out = student_ddp(views)
+    loss, stats = loss_fn(student_out, teacher_out, ids, sched["teacher_temp"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)                        # clip true gradients, not scaled ones
+    clip_gradients(student.parameters(), clip_grad)
+    if freeze_last_layer:
+        for p in student.head.last_layer.parameters():
+            p.grad = None
+    scaler.step(optimizer)
+    scaler.update()
+    ema_update(teacher, student, sched["momentum"])
+    return stats
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
@@ -109,7 +138,7 @@ def build_networks(cfg: PretrainConfig, device: torch.device, info: dist.DistInf
     head = DINOHead(width, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.norm_last_layer)
     channels_last = (cfg.channels_last == "true" or
                      (cfg.channels_last == "auto" and device.type == "cuda"
-                      and dist.has_batchnorm(backbone)))
+                      and is_cnn(cfg.arch, backbone)))
     student = MultiCropNet(backbone, head, channels_last=channels_last)
     student, synced = dist.maybe_sync_batchnorm(student, info)
     teacher = copy.deepcopy(student)
@@ -327,25 +356,13 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
                     ids = ids.to(device)
                     views = list(glob.unbind(1)) + list(loc.unbind(1))
 
-                    with autocast:
-                        with torch.no_grad():
-                            teacher_out = teacher(views[:2])
-                        student_out = student_ddp(views)
-                    loss, stats = loss_fn(student_out, teacher_out, ids, sched["teacher_temp"])
+                    stats = training_step(student, student_ddp, teacher, loss_fn, optimizer,
+                                          scaler, views, ids, sched, cfg.clip_grad,
+                                          freeze_last_layer=epoch < cfg.freeze_last_layer,
+                                          autocast=autocast)
                     if not torch.isfinite(stats["loss"]):
                         raise CionError(f"loss is {stats['loss'].item()} at step {global_step}. Fix: "
                                         "lower base_lr, use precision fp32/bf16, or raise clip_grad")
-
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)            # clip true gradients, not scaled ones
-                    clip_gradients(student.parameters(), cfg.clip_grad)
-                    if epoch < cfg.freeze_last_layer:
-                        for p in student.head.last_layer.parameters():
-                            p.grad = None
-                    scaler.step(optimizer)
-                    scaler.update()
-                    ema_update(teacher, student, sched["momentum"])
                     global_step += 1
 
                     record = {"step": global_step, "epoch": epoch, "progress": epoch + (step + 1) / steps,
