@@ -193,3 +193,15 @@ def test_convert_then_safetensors_round_trip(tmp_path, official_r18ibn):
     twin = create_model("resnet18_ibn", checkpoint=again)
     for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "volo_d1"])
+def test_position_embedding_is_resampled_for_another_build_size(tmp_path, name):
+    """A 256x128 backbone loaded into a model built for 128x64 equals the 256x128 model run at 128x64."""
+    big = create_model(name).eval()
+    path = save_backbone(big, tmp_path / f"{name}.safetensors")
+    small = create_model(name, checkpoint=path, img_size=(128, 64)).eval()
+    assert small.checkpoint_report.meta["resampled"], "the report says the embedding was resampled"
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), big(x), rtol=1e-5, atol=1e-5)

@@ -14,7 +14,8 @@ Two formats are read:
   keys are renamed to ours (:mod:`cion.models.convert`).
 
 Loading is strict in both directions: every file backbone key must land on a parameter or buffer of
-the same shape, and every parameter/persistent buffer of the model must be filled; otherwise
+the same shape (the one exception: a ViT/VOLO ``pos_embed`` saved for another image size is
+resampled to the model's token grid, and the report says so), and every parameter/persistent buffer of the model must be filled; otherwise
 :class:`CheckpointMismatchError` lists what did not match and nothing is loaded.
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ class LoadReport:
             parts.append(f"{self.verified} derived index buffers verified")
         if self.ignored:
             parts.append(f"{len(self.ignored)} non-backbone entries ignored")
+        if self.meta.get("resampled"):
+            parts.append("position embedding resampled: " + ", ".join(self.meta["resampled"]))
         return "; ".join(parts)
 
 
@@ -148,13 +151,15 @@ def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], mapping: dict
                  arch: str, path: str) -> tuple[int, int]:
     """Copy ``state`` (file keys) into ``model`` through ``mapping`` (file key -> model key), strictly.
 
-    Returns (tensors loaded, derived buffers verified). Raises :class:`CheckpointMismatchError`
+    Returns (tensors loaded, derived buffers verified, position embeddings resampled). A
+    ``pos_embed`` saved for another image size is resampled to the model's token grid. Raises :class:`CheckpointMismatchError`
     before touching the model if anything does not match.
     """
     targets = model.state_dict()
     derived = {n: b for n, b in model.named_buffers() if n not in targets}
     unmapped, unknown, shapes, dupes, derived_bad = [], [], [], [], []
-    new, seen, verified = {}, {}, 0
+    new, seen, verified, resampled = {}, {}, 0, []
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     for key, value in state.items():
         dest = mapping.get(key)
         if dest is None:
@@ -162,6 +167,10 @@ def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], mapping: dict
         elif dest in targets:
             if dest in seen:
                 dupes.append(f"{key} and {seen[dest]} -> {dest}")
+            elif tuple(value.shape) != tuple(targets[dest].shape) and dest.endswith("pos_embed") and \
+                    (resized := _resample_pos_embed(value, targets[dest], grid)) is not None:
+                new[dest] = resized           # built for another image size: same key, other token grid
+                resampled.append(f"{dest} {list(value.shape)} -> {list(resized.shape)}")
             elif tuple(value.shape) != tuple(targets[dest].shape):
                 shapes.append(f"{key} -> {dest}: file {list(value.shape)} vs model {list(targets[dest].shape)}")
             else:
@@ -188,7 +197,40 @@ def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], mapping: dict
             f"{path} does not match {arch} (nothing was loaded):\n{body}\n"
             f"  Check --arch/name: `cion zoo info {arch}` shows the expected layout.")
     model.load_state_dict(new, strict=True)
-    return len(new), verified
+    return len(new), verified, resampled
+
+
+def _resample_pos_embed(value: torch.Tensor, target: torch.Tensor, grid=None) -> Optional[torch.Tensor]:
+    """Bicubic resampling of a position embedding to the model's token grid, or None if impossible.
+
+    ViT: (1, 1 + h*w, C) with a class token; ``grid`` is the model's (h, w) token grid and the file's
+    grid is taken to have the same aspect ratio (16x8 for the authors' 256x128 checkpoints).
+    VOLO: (1, h, w, C). The embedding width C must agree.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    if value.shape[-1] != target.shape[-1] or value.ndim != target.ndim:
+        return None
+    if value.ndim == 4:                                          # VOLO (1, h, w, C)
+        grid = value.permute(0, 3, 1, 2).float()
+        out = F.interpolate(grid, size=tuple(target.shape[1:3]), mode="bicubic", align_corners=False)
+        return out.permute(0, 2, 3, 1).to(target.dtype)
+    if value.ndim != 3:
+        return None
+    if grid is None or target.shape[1] - 1 != grid[0] * grid[1]:
+        return None
+    gh, gw = grid
+    n_old = value.shape[1] - 1
+    gw_old = max(1, round(math.sqrt(n_old * gw / gh)))        # same aspect ratio as the model grid
+    gh_old = n_old // gw_old
+    if gh_old * gw_old != n_old:
+        return None
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(value.float(), new_size=[gh, gw], old_size=[gh_old, gw_old],
+                                  num_prefix_tokens=1).to(target.dtype)
 
 
 def load_official_checkpoint(model: nn.Module, path: PathLike, arch: str, which: str = "teacher") -> LoadReport:
@@ -200,8 +242,9 @@ def load_official_checkpoint(model: nn.Module, path: PathLike, arch: str, which:
         raise CionError(f"{path}: '{which}' holds no backbone keys (expected prefix "
                         f"'{entry.teacher_prefix}')")
     mapping = official_to_ours(entry.family, state)
-    loaded, verified = _strict_load(model, state, mapping, arch=arch, path=str(path))
+    loaded, verified, resampled = _strict_load(model, state, mapping, arch=arch, path=str(path))
     meta = {"epoch": obj.get("epoch")} if isinstance(obj, dict) else {}
+    meta["resampled"] = resampled
     if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
         meta["args_arch"] = getattr(obj["args"], "arch", None)
     return LoadReport(str(path), arch, "authors' pth", prefix, loaded, verified, ignored, meta)
@@ -259,8 +302,8 @@ def load_backbone_file(model: nn.Module, path: PathLike, arch: str) -> LoadRepor
     if meta.get("reparameterized") == "true" and not getattr(model, "reparameterized", False):
         raise CionError(f"{path} holds re-parameterised (inference-only) weights; load the training-form "
                         "file and call cion.models.reparameterize() after loading instead")
-    loaded, verified = _strict_load(model, tensors, {k: k for k in tensors}, arch=arch, path=str(path))
-    return LoadReport(str(path), arch, "safetensors", "", loaded, verified, [], meta)
+    loaded, verified, resampled = _strict_load(model, tensors, {k: k for k in tensors}, arch=arch, path=str(path))
+    return LoadReport(str(path), arch, "safetensors", "", loaded, verified, [], dict(meta, resampled=resampled))
 
 
 def load_checkpoint(model: nn.Module, path: PathLike, arch: str, which: str = "teacher") -> LoadReport:
