@@ -187,6 +187,9 @@ def test_convert_then_safetensors_round_trip(tmp_path, official_r18ibn):
         assert torch.equal(model.state_dict()[key], value), key
     with pytest.raises(CionError, match="holds a 'resnet18_ibn' backbone"):
         create_model("resnet18", checkpoint=out)
+    renamed = tmp_path / "weights.bin"                      # recognised by content, not by suffix
+    renamed.write_bytes(out.read_bytes())
+    assert create_model("resnet18_ibn", checkpoint=renamed).checkpoint_report.format == "safetensors"
     # our own model -> file -> model is exact, including BN buffers
     again = tmp_path / "again.safetensors"
     save_backbone(model, again)

@@ -307,25 +307,20 @@ def load_backbone_file(model: nn.Module, path: PathLike, arch: str) -> LoadRepor
 
 
 def load_checkpoint(model: nn.Module, path: PathLike, arch: str, which: str = "teacher") -> LoadReport:
-    """Dispatch on the file: ``.safetensors`` -> :func:`load_backbone_file`, else the authors' ``.pth``."""
+    """Dispatch on the file's content: safetensors -> :func:`load_backbone_file`, else the authors' ``.pth``."""
     path = Path(path)
-    with open(path, "rb") if path.is_file() else _missing(path) as fh:
-        head = fh.read(8)
-    # safetensors starts with a little-endian u64 header length followed by '{'
-    if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and
-                                         int.from_bytes(head, "little") < 100_000_000 and _peek_json(path)):
+    if not path.is_file():
+        raise CionError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return load_backbone_file(model, path, arch)
     return load_official_checkpoint(model, path, arch, which)
 
 
-def _missing(path: Path):
-    raise CionError(f"checkpoint {path} does not exist")
-
-
-def _peek_json(path: Path) -> bool:
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors starts with a little-endian u64 header length followed by a JSON object."""
     with open(path, "rb") as fh:
-        fh.seek(8)
-        return fh.read(1) == b"{"
+        head = fh.read(9)
+    return len(head) == 9 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{"
 
 
 def convert_official(src: PathLike, arch: str, out: PathLike, which: str = "teacher") -> LoadReport:
