@@ -209,6 +209,10 @@ def create_model(name: str, checkpoint=None, img_size=(256, 128), **kw):
     in train mode, like any freshly built torch module; call ``.eval()`` for inference.
     """
     entry = get_entry(name)
+    if kw.get("num_classes", 0):
+        from cion.errors import CionError
+
+        raise CionError("create_model builds feature backbones (num_classes=0); put a classifier or BNNeck on top")
     model = _builders()[entry.builder](entry.timm_name, tuple(img_size), **entry.builder_kwargs, **kw)
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (GhostNet, FastViT)
     width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", entry.feature_dim)
