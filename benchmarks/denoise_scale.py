@@ -108,17 +108,19 @@ def main() -> None:
             print(f"  read+levels {levels_s:.1f}s, n_S {noise_s:.1f}s, total {r['total_seconds']:.1f}s,"
                   f" peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
     print()
-    print(f"cross order: {args.cross_order}; seconds per stage (read = pass over the features "
-          "+ tracklet sums); RSS = process peak after the stage")
+    print(f"cross order: {args.cross_order}; seconds per stage (read = one pass over the features "
+          "computing tracklet sums); RSS = process peak at the end of the stage, GiB")
     print("| images | read s | tracklet s | video s | cross s | levels total s | n_S s | total s "
-          "| peak RSS GiB | identities | n_S raw -> cross |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| RSS read / tracklet / video / cross | peak RSS GiB | identities | n_S raw -> cross |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, by, levels_s, noise_s, total, rss in rows:
         ns = (f"{by['raw'].get('n_S', float('nan')):.3f} -> {by['cross'].get('n_S', float('nan')):.3f}"
               + ("" if by["cross"].get("n_S_exact", True) else " (tree)"))
+        per = " / ".join(f"{by[k]['peak_rss_mb'] / 1024:.2f}" for k in ("raw", "tracklet", "video", "cross"))
         print(f"| {n:,} | {by['raw']['seconds']:.1f} | {by['tracklet']['seconds']:.1f} | "
               f"{by['video']['seconds']:.1f} | {by['cross']['seconds']:.1f} | {levels_s:.1f} | "
-              f"{noise_s:.1f} | {total:.1f} | {rss / 1024:.2f} | {by['cross']['identities']:,} | {ns} |")
+              f"{noise_s:.1f} | {total:.1f} | {per} | {rss / 1024:.2f} | "
+              f"{by['cross']['identities']:,} | {ns} |")
     if len(rows) >= 2:
         (n0, _, l0, _, t0, _), (n1, _, l1, _, t1, _) = rows[-2], rows[-1]
         print(f"\nscaling {n0:,} -> {n1:,} ({n1 / n0:.1f}x images): levels {l1 / l0:.2f}x time, "

@@ -52,7 +52,7 @@ def band_links(U64: np.ndarray, U32: np.ndarray, perm: np.ndarray, r_s: int, sig
         gap = np.arange(c0, c1)[None, :] - np.arange(a, b)[:, None]
         ii, jj = np.nonzero((sims > thr) & (gap >= 1) & (gap <= r_s))
         if progress is not None:
-            progress(b)
+            progress(b - a)
         if len(ii) == 0:
             return None
         pi, pj = perm[a + ii], perm[c0 + jj]

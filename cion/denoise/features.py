@@ -99,6 +99,8 @@ class FeatureSource:
         else:
             raw = self.X[r]
         x = self._check(raw, r, 0)
+        if isinstance(self.X, np.memmap):                # hand the pages back as we go
+            self.release(int(r[0]), int(r[-1]) + 1)
         if srt is None:
             return x
         out = np.empty_like(x)
@@ -117,20 +119,32 @@ class FeatureSource:
         return pmap(fn, items, self.threads)
 
     # -- memory ----------------------------------------------------------------------------
-    def release(self) -> None:
-        """Drop this process's resident pages of the memory map (they stay in the page cache)."""
+    def _mmap(self):
         mm = getattr(self.X, "_mmap", None)
-        if mm is None and isinstance(self.X, np.memmap):
-            mm = getattr(self.X.base, "_mmap", None)
         base = self.X
         while mm is None and getattr(base, "base", None) is not None:
             base = base.base
-            if isinstance(base, mmap.mmap):
-                mm = base
-            else:
-                mm = getattr(base, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
+            mm = base if isinstance(base, mmap.mmap) else getattr(base, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return None
+        return mm
+
+    def release(self, start: int | None = None, stop: int | None = None) -> None:
+        """Drop this process's resident pages of the memory map (they stay in the page cache),
+        all of them or those of rows ``start:stop`` (a ``np.load(mmap_mode='r')`` array)."""
+        mm = self._mmap()
+        if mm is None:
+            return
+        try:
+            if start is None or not isinstance(self.X, np.memmap):
                 mm.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
+                return
+            row = self.dim * self.X.dtype.itemsize
+            head = int(self.X.offset) % mmap.ALLOCATIONGRANULARITY
+            lo = head + start * row
+            hi = min(len(mm), head + stop * row)
+            lo -= lo % mmap.PAGESIZE
+            if hi > lo:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            pass

@@ -23,8 +23,8 @@ from cion.denoise.features import FeatureSource, open_features
 from cion.denoise.noise import noise_from_dots
 from cion.denoise.parallel import single_threaded_blas
 from cion.denoise.reference import LEVELS
-from cion.denoise.segments import (components, number_by_first_row, run_starts, segment_sums,
-                                   unit_rows)
+from cion.denoise.segments import (add_rows, components, number_by_first_row, run_starts,
+                                   segment_sums, unit_rows)
 from cion.denoise.tracklet import denoise_tracklets
 from cion.denoise.video import merge_pairs, reallocate
 from cion.errors import CionError
@@ -79,14 +79,18 @@ class _Phases:
         if enabled:
             from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn)
             self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(),
-                                TextColumn("{task.completed:>12,.0f}/{task.total:,.0f}"),
+                                TextColumn("{task.completed:>12,.0f}"),
                                 TimeElapsedColumn(), transient=False)
             self.bar.start()
 
-    def phase(self, name: str, total: float):
+    def phase(self, name: str, total: float | None, advance: bool = False):
+        """A progress callback: ``tick(done)`` sets the count (``tick(n)`` adds ``n`` when
+        ``advance``); ``total=None`` shows a count without a bar (e.g. rounds)."""
         if self.bar is None:
             return lambda done: None
-        task = self.bar.add_task(name, total=max(total, 1))
+        task = self.bar.add_task(name, total=total)
+        if advance:
+            return lambda n: self.bar.update(task, advance=n)
         return lambda done: self.bar.update(task, completed=done)
 
     def close(self):
@@ -147,18 +151,23 @@ def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray
     def work(ab):
         a, b = ab
         lo, hi = int(tstart[a]), int(tstart[b])
-        xb = src.take(order[lo:hi])
+        xb = src.take(order[lo:hi])                       # (releases the pages it read)
         q[lo:hi] = np.einsum("ij,ij->i", xb, xb)
         own = np.repeat(np.arange(b - a), cnt[a:b])
         ind = sp.csr_matrix((np.ones(hi - lo), (own, np.arange(hi - lo))), shape=(b - a, hi - lo))
         S[a:b] = ind @ xb                                  # tracklet sums (sparse indicator)
         p[lo:hi] = np.einsum("ij,ij->i", xb, np.repeat(S[a:b], cnt[a:b], axis=0))
         if tick is not None:
-            tick(hi)
+            tick(hi - lo)
 
     src.map(work, blocks)
     src.release()
     return S, p, q
+
+
+def _udt(M: int, exact_limit: int):
+    """Centroid dtype for the noise statistics: float64 where pairs are counted exactly."""
+    return np.float64 if M <= exact_limit else np.float32
 
 
 def _peak_rss_mb() -> float:
@@ -228,7 +237,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
     try:
         # ---- pass 1: validate, normalise, tracklet sums and member dot products ----------
         t0 = time.perf_counter()
-        tick = ph.phase("reading features", n)
+        tick = ph.phase("reading features", n, advance=True)
         S, p, q = read_tracklet_sums(src, order, tstart, block_rows, tick)
         src.release()
         read_s = time.perf_counter() - t0
@@ -248,8 +257,8 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         if noise_stats:
             ts = time.perf_counter()
             dots = _own_dots_from_sums(p, S, tid_pos, cnt)
-            st.update(noise_from_dots(tid_pos, dots, unit_rows(S, cnt), sigma_cst, sigma_drm,
-                                      **search))
+            st.update(noise_from_dots(tid_pos, dots, unit_rows(S, cnt, _udt(T, noise_exact_limit)),
+                                      sigma_cst, sigma_drm, **search))
             st["noise_seconds"] = round(time.perf_counter() - ts, 4)
 
         # ---- level 1 -------------------------------------------------------------------
@@ -257,7 +266,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         excluded = np.zeros(0, dtype=np.int64)
         if "tracklet" in lv:
             t0 = time.perf_counter()
-            tick = ph.phase("level 1: tracklets (rounds)", 0)
+            tick = ph.phase("level 1: tracklets (rounds)", None)
             alive, excluded, rounds = denoise_tracklets(
                 src, order, tstart, S, cnt, p, q, sigma_cst, chunk=block_rows,
                 progress=lambda r, e: tick(r))
@@ -269,7 +278,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
                 ts = time.perf_counter()
                 ap = np.flatnonzero(alive)
                 dots = _own_dots_from_sums(p[ap], S, tid_pos[ap], cnt)
-                st.update(noise_from_dots(tid_pos[ap], dots, unit_rows(S, cnt), sigma_cst,
+                st.update(noise_from_dots(tid_pos[ap], dots, unit_rows(S, cnt, _udt(T, noise_exact_limit)), sigma_cst,
                                           sigma_drm, **search))
                 st["noise_seconds"] = round(time.perf_counter() - ts, 4)
         # first alive row of each tracklet (ties in Eq. 5 go to the earliest row)
@@ -292,7 +301,8 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
                                 sigma_cst, threads=src.threads)
             ok = target >= 0
             code_pos[excluded[ok]] = 1
-            S2 = S + segment_sums(Xe[ok], target[ok], T)
+            add_rows(S, Xe[ok], target[ok])              # S becomes the level-2 sums (in place)
+            S2 = S
             cnt2 = cnt + np.bincount(target[ok], minlength=T)
             del Xe
             np.minimum.at(key, target[ok], order[excluded[ok]])
@@ -308,17 +318,19 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         # ---- level 3 -------------------------------------------------------------------
         G = int(glab.max()) + 1 if T else 0
         ident_g = np.arange(G)
-        gS = segment_sums(S2, glab, G) if G != T or "video" in lv else S2
-        gcnt = np.bincount(glab, weights=cnt2, minlength=G).astype(np.int64)
         if "cross" in lv:
             t0 = time.perf_counter()
+            gcnt = np.bincount(glab, weights=cnt2, minlength=G).astype(np.int64)
             gkey = np.full(G, np.iinfo(np.int64).max, dtype=np.int64)
             np.minimum.at(gkey, glab, key)
             gvid = np.empty(G, dtype=np.int64)
             gvid[glab] = tvideo
             seq = np.lexsort((gkey, gvid))               # the ultra-long sequence
-            U3 = unit_rows(gS[seq], gcnt[seq])
-            tick = ph.phase("level 3: sliding range", G)
+            pos_of_g = np.empty(G, dtype=np.int64)
+            pos_of_g[seq] = np.arange(G)
+            U3 = segment_sums(S2, pos_of_g[glab], G)     # group sums, in sequence order
+            U3 = unit_rows(U3, gcnt[seq], out=U3)
+            tick = ph.phase("level 3: sliding range", G, advance=True)
             li, lj = cross_links(U3, int(range_half_width), sigma_drm, cross_order, seed,
                                  progress=tick, threads=src.threads)
             del U3
@@ -373,14 +385,15 @@ def _pending_noise(src, order, tid_pos, alive, excluded, target, S2, cnt2, pendi
         M = int(lab_t.max()) + 1
         gS = segment_sums(S2, lab_t, M)
         gc = np.bincount(lab_t, weights=cnt2, minlength=M)
-        units.append(unit_rows(gS, gc))
+        units.append(unit_rows(gS, gc, _udt(M, search["exact_limit"])))
+        del gS
         labs.append(lab_t[t_of[mem]])
         dots.append(np.empty(len(mem)))
-    tick = ph.phase("noise n_S (radii)", len(mem))
+    tick = ph.phase("noise n_S (radii)", len(mem), advance=True)
     def work(sl, xb):
         for k in range(len(pending)):                 # at most two labellings
             dots[k][sl] = np.einsum("ij,ij->i", xb, units[k][labs[k][sl]])
-        tick(sl.stop)
+        tick(sl.stop - sl.start)
 
     src.for_chunks(order[mem], work, block_rows)
     for k, (st, _) in enumerate(pending):

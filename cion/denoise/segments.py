@@ -44,14 +44,31 @@ def segmented_argmax_first(values: np.ndarray, owner: np.ndarray) -> np.ndarray:
     return np.minimum.reduceat(np.where(cand, np.arange(len(values)), big), starts)
 
 
-def unit_rows(S: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def unit_rows(S: np.ndarray, counts: np.ndarray, dtype=None, out=None) -> np.ndarray:
     """Unit direction of each centroid ``S / counts`` (rows of sums); rows with a numerically zero
     centroid (``|S| / count <= ZERO_NORM``) become zero vectors, so their distance to anything is
-    ``1 - 0 = 1`` as the rules require. Same dtype as ``S``."""
+    ``1 - 0 = 1`` as the rules require.
+
+    ``dtype``: result dtype (default that of ``S``); ``out=S`` scales ``S`` in place.
+    """
     norm = np.sqrt(np.einsum("ij,ij->i", S, S, dtype=np.float64))
     zero = norm / np.maximum(counts, 1) <= ZERO_NORM
     scale = np.where(zero, 0.0, 1.0 / np.where(zero, 1.0, norm))
-    return S * scale[:, None].astype(S.dtype)
+    if out is not None:
+        out *= scale[:, None].astype(out.dtype)
+        return out
+    res = np.empty(S.shape, dtype=dtype or S.dtype)
+    for a in range(0, len(S), 65536):               # blocks: no full-size float64 temporary
+        res[a:a + 65536] = S[a:a + 65536] * scale[a:a + 65536, None]
+    return res
+
+
+def add_rows(S: np.ndarray, X: np.ndarray, owner: np.ndarray) -> None:
+    """``S[owner[k]] += X[k]`` for all k (repeated owners accumulate), in place."""
+    if len(owner) == 0:
+        return
+    u, inv = np.unique(owner, return_inverse=True)
+    S[u] += segment_sums(X, inv, len(u))
 
 
 def segment_sums(X: np.ndarray, owner: np.ndarray, n_owners: int) -> np.ndarray:

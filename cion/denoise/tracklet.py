@@ -108,6 +108,7 @@ def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
             p[upos[sl]] -= np.einsum("ij,ij->i", blk, xm[uown[sl]])
 
         src.for_chunks(order[upos], update, chunk)
+        src.release()
         active = rem_t[cnt[rem_t] >= 2]
         if progress is not None:
             progress(rounds, int(alive.size - alive.sum()))
