@@ -148,12 +148,12 @@ def extract_official_backbone(obj, path: PathLike = "<checkpoint>", which: str =
 
 # ------------------------------------------------------------------------------------- strict loading
 def _strict_load(model: nn.Module, state: dict[str, torch.Tensor], mapping: dict[str, str], *,
-                 arch: str, path: str) -> tuple[int, int]:
+                 arch: str, path: str) -> tuple[int, int, list[str]]:
     """Copy ``state`` (file keys) into ``model`` through ``mapping`` (file key -> model key), strictly.
 
     Returns (tensors loaded, derived buffers verified, position embeddings resampled). A
-    ``pos_embed`` saved for another image size is resampled to the model's token grid. Raises :class:`CheckpointMismatchError`
-    before touching the model if anything does not match.
+    ``pos_embed`` saved for another image size is resampled to the model's token grid. Raises
+    :class:`CheckpointMismatchError` before touching the model if anything does not match.
     """
     targets = model.state_dict()
     derived = {n: b for n, b in model.named_buffers() if n not in targets}
