@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--arch", default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_synth"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared machine more threads than free cores is much slower)")
     args = ap.parse_args()
 
     import torch

@@ -21,6 +21,7 @@ def test_default_curriculum_and_lookup():
     cur = default_curriculum(100)
     assert [k_at_epoch(cur, e) for e in (0, 39, 40, 59, 60, 79, 80, 99)] == [2, 2, 4, 4, 6, 6, 8, 8]
     assert default_curriculum(10) == [[0, 2], [4, 4], [6, 6], [8, 8]]
+    assert default_curriculum(1) == [[0, 2], [1, 8]]              # a 1-epoch run uses K = 2
     with pytest.raises(CionError):
         check_curriculum([[1, 2]])
     with pytest.raises(CionError):

@@ -50,7 +50,9 @@ def default_curriculum(epochs: int, ks=(2, 4, 6, 8), at=(0.0, 0.4, 0.6, 0.8)) ->
     """
     out: dict[int, int] = {}
     for frac, k in zip(at, ks):
-        out[int(round(frac * epochs))] = k  # a later stage starting the same epoch wins
+        # later stages start at epoch >= 1, so short runs still begin with the first K;
+        # a later stage starting the same epoch as an earlier one replaces it
+        out[int(round(frac * epochs)) if frac == 0 else max(1, int(round(frac * epochs)))] = k
     return [[e, k] for e, k in sorted(out.items())]
 
 

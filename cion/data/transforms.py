@@ -10,11 +10,9 @@ p 0.2 on global 2; ImageNet mean/std.
 Why it is faster than the torchvision-PIL pipeline of DINO (measured in
 ``benchmarks/pretrain_throughput.py``): the image is decoded once (with JPEG draft decoding when
 it is much larger than needed); each crop is cut and resized by one PIL call
-(``Image.resize(box=...)``); and colour jitter + grayscale, which are affine maps of RGB, are
-composed per crop into one 3x3 matrix and offset (:func:`colour_affine`) and applied to all
-crops of one size in a single batched matrix product, instead of four PIL passes (two of them
-through HSV) per crop. Blur (separable, one sigma per crop) and solarise act on the selected
-crops of the batch at once.
+(``Image.resize(box=...)``), flipped and blurred in PIL on uint8; colour jitter and grayscale
+are per-crop 3x3 colour matrices applied to all crops of one size by batched matrix products
+(:func:`colour_jitter`), instead of four PIL passes (two of them through HSV) per crop.
 
 Randomness: every call takes a 64-bit ``seed`` (given per sample by
 :class:`cion.data.sampler.IdentityBatchSampler`), so the crops of an image depend only on that
@@ -27,8 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from cion.errors import CionError
 
@@ -102,71 +99,60 @@ _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
-def colour_affine(rng: np.random.Generator, n: int, mean_rgb: np.ndarray,
-                  jitter=(0.4, 0.4, 0.2, 0.1), jitter_p: float = 0.8,
-                  gray_p: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """Colour jitter and random grayscale of ``n`` crops as affine maps ``x -> A x + t``.
+def colour_jitter(x: torch.Tensor, rng: np.random.Generator, jitter=(0.4, 0.4, 0.2, 0.1),
+                  jitter_p: float = 0.8, gray_p: float = 0.2) -> torch.Tensor:
+    """Random colour jitter then random grayscale of ``n`` crops at once, in place.
 
-    Brightness (scale by b), contrast (blend with the mean gray level of the image, which
-    is known in closed form from the crop's mean colour ``mean_rgb`` (N, 3) in [0, 1]),
-    saturation (blend with the pixel's gray level) and hue (rotation by ``2 pi h`` of the
-    chroma plane in YIQ space) are all affine in RGB, so the four, applied in a random order
-    (like torchvision's ColorJitter) and followed by grayscale, compose into one 3x3 matrix and
-    offset per crop. Differences from torchvision's PIL path: a single clamp at the end instead
-    of one after each operation, and hue as a YIQ rotation instead of an HSV shift.
-
-    Returns ``A`` (N, 3, 3) and ``t`` (N, 3) for pixels in [0, 1].
+    ``x``: (n, 3, P) float pixels in [0, 1] (P = H * W). Each crop is jittered with probability
+    ``jitter_p`` by brightness, contrast, saturation and hue factors drawn like torchvision's
+    ``ColorJitter(*jitter)``, the four applied in a random order (one order per call) with a
+    clamp to [0, 1] after each, like torchvision. Every operation is a per-crop 3x3 colour
+    matrix (contrast adds the crop's mean gray level), so each is one batched matrix product
+    over all crops: brightness ``b x``; contrast ``c x + (1 - c) mean(gray(x))``; saturation
+    ``s x + (1 - s) gray(x)``; hue a rotation by ``2 pi h`` of the chroma plane in YIQ space
+    (torchvision shifts the hue in HSV; the YIQ rotation keeps luma and grays). Grayscale
+    (probability ``gray_p``) replaces the three channels by ``gray(x)``.
     """
+    n = x.shape[0]
     bj, cj, sj, hj = jitter
-    jit = rng.random(n) < jitter_p
-    fb = np.where(jit, rng.uniform(max(0.0, 1 - bj), 1 + bj, n), 1.0)
-    fc = np.where(jit, rng.uniform(max(0.0, 1 - cj), 1 + cj, n), 1.0)
-    fs = np.where(jit, rng.uniform(max(0.0, 1 - sj), 1 + sj, n), 1.0)
-    fh = np.where(jit, rng.uniform(-hj, hj, n), 0.0)
-    eye = np.broadcast_to(np.eye(3), (n, 3, 3))
-    A = eye.copy()
-    t = np.zeros((n, 3))
-    gray_rows = np.broadcast_to(np.tile(_GRAY, (3, 1)), (n, 3, 3))     # x -> gray(x) * (1,1,1)
+    u = rng.random((n, 6))
+    jit = u[:, 0] < jitter_p
+    fb = np.where(jit, 1 - bj + 2 * bj * u[:, 1], 1.0) if bj > 0 else np.ones(n)
+    fc = np.where(jit, 1 - cj + 2 * cj * u[:, 2], 1.0) if cj > 0 else np.ones(n)
+    fs = np.where(jit, 1 - sj + 2 * sj * u[:, 3], 1.0) if sj > 0 else np.ones(n)
+    fh = np.where(jit, -hj + 2 * hj * u[:, 4], 0.0)
+    gray = u[:, 5] < gray_p
+    eye = np.eye(3)
+    gray_rows = np.tile(_GRAY, (3, 1))                                 # x -> gray(x) * (1, 1, 1)
+    active = jit.any()
     for op in rng.permutation(4):
-        if op == 0:                                   # brightness: b x
-            M, off = fb[:, None, None] * eye, np.zeros((n, 3))
-        elif op == 1:                                 # contrast: c x + (1 - c) mean_gray
-            cur_mean = np.einsum("nij,nj->ni", A, mean_rgb) + t
-            m = cur_mean @ _GRAY
+        if not active:
+            break
+        off = None
+        if op == 0:                                                    # brightness
+            M = fb[:, None, None] * eye
+        elif op == 1:                                                  # contrast
             M = fc[:, None, None] * eye
-            off = ((1 - fc) * m)[:, None].repeat(3, 1)
-        elif op == 2:                                 # saturation: s x + (1 - s) gray(x)
+            mean_gray = (x.mean(dim=2).double().numpy() @ _GRAY)       # (n,) of the current image
+            off = np.repeat(((1 - fc) * mean_gray)[:, None], 3, 1)
+        elif op == 2:                                                  # saturation
             M = fs[:, None, None] * eye + (1 - fs)[:, None, None] * gray_rows
-            off = np.zeros((n, 3))
-        else:                                         # hue: rotate (I, Q) by 2 pi h
+        else:                                                          # hue
             c, s = np.cos(2 * np.pi * fh), np.sin(2 * np.pi * fh)
             R = np.zeros((n, 3, 3))
             R[:, 0, 0] = 1
             R[:, 1, 1], R[:, 1, 2], R[:, 2, 1], R[:, 2, 2] = c, -s, s, c
             M = _YIQ2RGB @ R @ _RGB2YIQ
-            off = np.zeros((n, 3))
-        A = M @ A
-        t = np.einsum("nij,nj->ni", M, t) + off
-    gray = rng.random(n) < gray_p
+        Mt = torch.from_numpy(M).float()
+        if off is None:
+            x = torch.bmm(Mt, x)
+        else:
+            x = torch.baddbmm(torch.from_numpy(off).float().unsqueeze(2), Mt, x)
+        x.clamp_(0, 1)
     if gray.any():
-        A[gray] = gray_rows[gray] @ A[gray]
-        t[gray] = np.einsum("nij,nj->ni", gray_rows[gray], t[gray])
-    return A, t
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with one sigma (pixels) per image, reflect pad."""
-    n, c, h, w = x.shape
-    half = int(math.ceil(3.0 * float(sigma.max())))
-    half = max(1, min(half, (min(h, w) - 1)))
-    t = torch.arange(-half, half + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)            # (N*C, 2*half+1)
-    y = x.reshape(1, n * c, h, w)
-    y = F.pad(y, (half, half, half, half), mode="reflect")
-    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
-    return y.view(n, c, h, w)
+        sel = torch.from_numpy(gray)
+        x[sel] = (torch.from_numpy(_GRAY).float().view(1, 3, 1) * x[sel]).sum(1, keepdim=True).expand(-1, 3, -1)
+    return x
 
 
 class MultiCropAugment:
@@ -175,8 +161,9 @@ class MultiCropAugment:
 
     def __init__(self, cfg: MultiCropConfig | None = None):
         self.cfg = cfg or MultiCropConfig()
-        self._mean = torch.tensor(self.cfg.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.cfg.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.cfg.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.std).view(1, 3, 1, 1)
+        self._inv_std, self._shift = 1.0 / std, -mean / std
 
     def load(self, path: str) -> Image.Image:
         gh, gw = self.cfg.global_size
@@ -189,38 +176,37 @@ class MultiCropAugment:
             raise CionError(f"{path}: cannot read image ({err}). Fix: remove the row from the "
                             "manifest or replace the file") from None
 
-    def _crops(self, img: Image.Image, boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        h, w = size
-        arr = np.stack([np.asarray(img.resize((w, h), Image.BILINEAR, box=tuple(b)))
-                        for b in boxes.tolist()])          # one PIL call per crop: crop + resize
-        return torch.from_numpy(arr).permute(0, 3, 1, 2)                 # (N, 3, h, w) uint8
+    def _views(self, img: Image.Image, rng: np.random.Generator, n: int, size: tuple[int, int],
+               scale: tuple[float, float], blur_p: np.ndarray, solarize_p: np.ndarray) -> torch.Tensor:
+        """``n`` augmented views of one size: (n, 3, H, W) float32, normalised.
 
-    def _photometric(self, x: torch.Tensor, rng: np.random.Generator, blur_p: np.ndarray,
-                     solarize_p: np.ndarray) -> torch.Tensor:
-        """Flip, colour jitter + grayscale (one affine colour map per crop), blur, solarise,
-        normalise. ``x``: (N, 3, H, W) uint8 -> float32 normalised."""
+        Per crop, in PIL on uint8 (C code): crop + resize in one call, flip, Gaussian blur.
+        Then for all crops at once: colour jitter + grayscale (:func:`colour_jitter`), solarise,
+        normalise. Blur and the colour maps are linear (blur kernels sum to 1), so blurring
+        first matches DINO's order (blur after jitter) up to the clamps.
+        """
         cfg = self.cfg
-        n = x.shape[0]
-        flip = torch.from_numpy(rng.random(n) < cfg.flip_p)
-        if flip.any():
-            x[flip] = x[flip].flip(-1)
-        mu = x.float().mean(dim=(2, 3)).numpy() / 255.0                     # (N, 3) mean RGB
-        A, t = colour_affine(rng, n, mu, cfg.jitter, cfg.jitter_p, cfg.gray_p)
-        # one batched affine map: (N, 3, 3) @ (N, 3, H*W) + t, scaled from uint8, clamped once
-        A = torch.from_numpy(A / 255.0).float()
-        h, w = x.shape[-2:]
-        y = torch.baddbmm(torch.from_numpy(t).float().unsqueeze(2), A, x.reshape(n, 3, h * w).float())
-        x = y.clamp_(0, 1).view(n, 3, h, w)
+        h, w = size
+        boxes = random_resized_boxes(rng, n, img.size[0], img.size[1], scale, cfg.ratio)
+        flip = rng.random(n) < cfg.flip_p
         blur = rng.random(n) < blur_p
         sigma = rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n) * cfg.sigma_scale
-        if blur.any():
-            sel = torch.from_numpy(blur)
-            x[sel] = gaussian_blur(x[sel], torch.from_numpy(sigma[blur]).float())
-        sol = torch.from_numpy(rng.random(n) < solarize_p)
+        crops = []
+        for i, box in enumerate(boxes.tolist()):   # per crop: a few C calls on small images
+            c = img.resize((w, h), Image.BILINEAR, box=tuple(box))
+            if flip[i]:
+                c = c.transpose(Image.FLIP_LEFT_RIGHT)
+            if blur[i]:
+                c = c.filter(ImageFilter.GaussianBlur(radius=float(sigma[i])))
+            crops.append(np.asarray(c))
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).reshape(n, 3, h * w).float().div_(255)
+        x = colour_jitter(x, rng, cfg.jitter, cfg.jitter_p, cfg.gray_p).view(n, 3, h, w)
+        sol = rng.random(n) < solarize_p
         if sol.any():
-            z = x[sol]
-            x[sol] = torch.where(z >= 128 / 255, 1.0 - z, z)
-        return x.sub_(self._mean).div_(self._std)
+            sel = torch.from_numpy(sol)
+            z = x[sel]
+            x[sel] = torch.where(z >= 128 / 255, 1.0 - z, z)
+        return x.mul_(self._inv_std).add_(self._shift)
 
     def __call__(self, img, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -229,15 +215,12 @@ class MultiCropAugment:
         elif img.mode != "RGB":
             img = img.convert("RGB")
         rng = np.random.default_rng(int(seed))
-        width, height = img.size
-        gboxes = random_resized_boxes(rng, 2, width, height, cfg.global_scale, cfg.ratio)
-        glob = self._crops(img, gboxes, cfg.global_size)
-        glob = self._photometric(glob, rng, np.array(cfg.blur_p[:2]), np.array([0.0, cfg.solarize_p]))
+        glob = self._views(img, rng, 2, cfg.global_size, cfg.global_scale,
+                           np.array(cfg.blur_p[:2]), np.array([0.0, cfg.solarize_p]))
         L = cfg.local_crops
         if L > 0:
-            lboxes = random_resized_boxes(rng, L, width, height, cfg.local_scale, cfg.ratio)
-            loc = self._crops(img, lboxes, cfg.local_size)
-            loc = self._photometric(loc, rng, np.full(L, cfg.blur_p[2]), np.zeros(L))
+            loc = self._views(img, rng, L, cfg.local_size, cfg.local_scale,
+                              np.full(L, cfg.blur_p[2]), np.zeros(L))
         else:
             loc = torch.empty(0, 3, *cfg.local_size)
         return glob, loc
