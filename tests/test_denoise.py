@@ -213,3 +213,19 @@ def test_row_count_mismatch_and_unknown_level():
         denoise(X[:-1], vid, trk)
     with pytest.raises(CionError, match="unknown denoising level"):
         denoise(X, vid, trk, levels="tracklet,vidoe")
+
+
+def test_neighbour_search_pair_count_close_to_exact():
+    """The k-means-cell count of close centroid pairs (n_S at scale) is a lower bound that finds
+    nearly all pairs on clustered data; the exact path counts every pair."""
+    from cion.denoise import count_close_pairs
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(150, 32))
+    U = centres[rng.integers(0, 150, 3000)] + 0.12 * rng.normal(size=(3000, 32))
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    exact, is_exact = count_close_pairs(U, 0.18, exact_limit=10**6)
+    brute = int(np.count_nonzero(np.triu(1.0 - U @ U.T < 0.18, 1)))
+    assert is_exact and exact == brute > 1000
+    approx, is_exact = count_close_pairs(U, 0.18, exact_limit=0, cell_size=64)
+    assert not is_exact and 0.95 * exact <= approx <= exact

@@ -32,8 +32,30 @@ def _count_block_pairs(U: np.ndarray, sigma_drm: float, block: int = 2048) -> in
     return total
 
 
-def _tree_cells(U: np.ndarray, idx: np.ndarray, cell_size: int, seed: int, depth: int = 0):
-    """Split ``idx`` into cells of about ``cell_size`` rows by recursive spherical k-means."""
+def _pair_keys(U: np.ndarray, idx: np.ndarray, sigma_drm: float, M: int,
+               block: int = 2048) -> np.ndarray:
+    """Keys ``i * M + j`` (i < j, global ids) of the close pairs among rows ``idx`` of U."""
+    out = []
+    Ui = U[idx]
+    n = len(idx)
+    for a in range(0, n, block):                 # blocked upper triangle
+        b = min(a + block, n)
+        d = 1.0 - Ui[a:b] @ Ui[a:].T
+        upper = np.arange(a, n)[None, :] > np.arange(a, b)[:, None]
+        ii, jj = np.nonzero((d < sigma_drm) & upper)
+        gi, gj = idx[a + ii], idx[a + jj]
+        out.append(np.minimum(gi, gj) * M + np.maximum(gi, gj))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _tree_cells(U: np.ndarray, idx: np.ndarray, cell_size: int, seed: int, probes: int = 2,
+                depth: int = 0):
+    """Cover ``idx`` with cells of about ``cell_size`` rows by recursive spherical k-means.
+
+    Every row belongs to its nearest cell; at the last level it is also put in its
+    ``probes - 1`` next nearest cells, so close pairs split by a cell boundary are still seen
+    together (cells then overlap; callers deduplicate pairs).
+    """
     if len(idx) <= 4 * cell_size or depth >= 4:
         return [idx]
     import faiss
@@ -43,31 +65,50 @@ def _tree_cells(U: np.ndarray, idx: np.ndarray, cell_size: int, seed: int, depth
     sample = U[np.sort(rng.choice(idx, size=min(len(idx), 48 * k), replace=False))]
     km = faiss.Kmeans(U.shape[1], k, niter=8, spherical=True, seed=seed + depth, verbose=False)
     km.train(np.ascontiguousarray(sample, dtype=np.float32))
-    _, cell = km.index.search(np.ascontiguousarray(U[idx], dtype=np.float32), 1)
-    cell = cell[:, 0]
-    o = np.argsort(cell, kind="stable")
-    bounds = np.searchsorted(cell[o], np.arange(k + 1))
-    parts = [idx[o[bounds[c]:bounds[c + 1]]] for c in range(k) if bounds[c + 1] > bounds[c]]
-    if len(parts) == 1:
-        return parts
+    probes = max(1, min(probes, k))
+    _, near = km.index.search(np.ascontiguousarray(U[idx], dtype=np.float32), probes)
+    prim = near[:, 0]
+    counts = np.bincount(prim, minlength=k)
+    if (counts > 0).sum() <= 1:
+        return [idx]
+    flat_cell = near.ravel()
+    flat_row = np.repeat(np.arange(len(idx)), probes)
+    first = np.tile(np.arange(probes) == 0, len(idx))
+    big = counts[flat_cell] > 4 * cell_size          # big cells recurse on their own rows
+    keep = ~big | first
+    flat_cell, flat_row, first = flat_cell[keep], flat_row[keep], first[keep]
+    o = np.lexsort((flat_row, flat_cell))
+    flat_cell, flat_row = flat_cell[o], flat_row[o]
+    bounds = np.searchsorted(flat_cell, np.arange(k + 1))
     out = []
-    for part in parts:                          # one iteration per cell
-        out.extend(_tree_cells(U, part, cell_size, seed, depth + 1))
+    for c in range(k):                                # one iteration per cell
+        rows = idx[flat_row[bounds[c]:bounds[c + 1]]]
+        if len(rows) == 0:
+            continue
+        if counts[c] > 4 * cell_size:
+            out.extend(_tree_cells(U, rows, cell_size, seed, probes, depth + 1))
+        else:
+            out.append(rows)
     return out
 
 
 def count_close_pairs(U: np.ndarray, sigma_drm: float, *, exact_limit: int = 4096,
-                      cell_size: int = 512, seed: int = 0, threads: int = 1) -> tuple[int, bool]:
+                      cell_size: int = 512, probes: int = 2, seed: int = 0,
+                      threads: int = 1) -> tuple[int, bool]:
     """Unordered pairs of centroid directions ``U`` (M, D) closer than ``sigma_drm``.
 
-    Returns ``(count, exact)``. Rows of zeros (zero centroids) are never close to anything.
+    Exact (blocked products) up to ``exact_limit`` rows; above, only pairs sharing one of the
+    overlapping k-means cells (each row in its ``probes`` nearest cells) are compared and the
+    pairs found are deduplicated - a lower bound. Returns ``(count, exact)``. Rows of zeros
+    (zero centroids) are never close to anything.
     """
     M = len(U)
     if M <= exact_limit:
         return _count_block_pairs(np.asarray(U, dtype=np.float64), sigma_drm), True
     U32 = np.asarray(U, dtype=np.float32)
-    cells = _tree_cells(U32, np.arange(M), cell_size, seed)
-    return sum(pmap(lambda c: _count_block_pairs(U32[c], sigma_drm), cells, threads)), False
+    cells = _tree_cells(U32, np.arange(M), cell_size, seed, probes)
+    keys = pmap(lambda c: _pair_keys(U32, c, sigma_drm, M), cells, threads)
+    return int(len(np.unique(np.concatenate(keys)))) if keys else 0, False
 
 
 def noise_from_dots(labels: np.ndarray, own_dot: np.ndarray, U: np.ndarray,

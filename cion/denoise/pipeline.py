@@ -171,7 +171,18 @@ def _udt(M: int, exact_limit: int):
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is in KiB)."""
+    """Peak resident set size of this process so far, MiB.
+
+    Linux ``VmHWM`` (belongs to this process image; ``ru_maxrss`` would also count the parent's
+    peak before ``exec``), else ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
     import resource
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
@@ -225,6 +236,8 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
     src = FeatureSource(X, str(features) if isinstance(features, (str, bytes)) or
                         hasattr(features, "__fspath__") else "features", threads=threads)
     n, D = src.n, src.dim
+    if n == 0:
+        raise CionError("nothing to denoise: the features / manifest have no rows")
     order, tid_pos, tstart, tvideo, vtstart = _layout(video, tracklet, n)
     T = len(tstart) - 1
     cnt = np.diff(tstart).astype(np.int64)
