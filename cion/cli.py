@@ -95,9 +95,10 @@ def denoise(
     cross_order: str = typer.Option("sequence", "--cross-order",
                                     help="Sequence to slide over: sequence (paper), coarse, both."),
     calibrate: Optional[float] = typer.Option(
-        None, "--calibrate", help="Choose the thresholds from the features instead: sigma_cst = this "
-        "quantile of within-tracklet deviations, sigma_drm = 0.9 * sigma_cst (for extractors "
-        "other than the paper's ReID ViT-B)."),
+        None, "--calibrate", help="Choose the thresholds from the features instead (for extractors "
+        "other than the paper's ReID ViT-B): sigma_cst = this quantile (e.g. 0.8) of within-tracklet "
+        "deviations; sigma_drm = the distance at which random tracklet pairs from different videos "
+        "link with probability 0.1 / (2 * range). Values used go to OUT.stats.json."),
 ) -> None:
     """Progressive multi-level denoising: tracklets -> cross-video identities (paper Eq. 1-7)."""
     from cion.denoise.io import denoise_manifest, output_paths
