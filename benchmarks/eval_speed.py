@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="market,msmt")
     ap.add_argument("--quality", default="trained,weak", help="trained and/or weak model features")
     ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--methods", help="only these (comma-separated): cion_features, cion_distmat, "
+                    "fastreid_from_features, torchreid")
     ap.add_argument("--torchreid-msmt", action="store_true",
                     help="also run torchreid's Python evaluator at MSMT17 size (very slow)")
     ap.add_argument("--rerank-msmt", action="store_true",
@@ -216,6 +218,8 @@ def main() -> None:
                     methods += ["fastreid_from_features"]
                     if size == "market" or args.torchreid_msmt:
                         methods.append("torchreid")
+                if args.methods:
+                    methods = [m for m in methods if m in args.methods.split(",")]
                 for m in methods:
                     nq, ng = SIZES[size][:2]
                     need = nq * ng * 12 / 2**30 + 2      # float32 matrix + int64 argsort + slack

@@ -185,3 +185,13 @@ def test_sparse_and_grid_paths_each_match_the_loop(monkeypatch, sparse_limit, ce
     assert res["mAP"] == pytest.approx(mAP, abs=1e-12)
     assert res["mINP"] == pytest.approx(mINP, abs=1e-12)
     np.testing.assert_allclose(res["cmc"], cmc, atol=1e-12)
+
+
+def test_distance_chunks_cover_all_queries_in_order():
+    rng = np.random.default_rng(2)
+    q = torch.nn.functional.normalize(torch.randn(23, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(17, 5, generator=torch.Generator().manual_seed(1)), dim=1)
+    parts = list(rank_mod.distance_chunks(q, g, "cosine", chunk_elements=40, block_elements=120))
+    assert [p[0].start for p in parts] == list(range(0, 23, 2)) and parts[-1][0].stop == 23
+    np.testing.assert_allclose(torch.cat([p[1] for p in parts]).numpy(), (1 - q @ g.T).numpy(), atol=1e-6)
+    del rng

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cion.evaluation.rank import distance_fn, evaluate_distance_chunks, prepare_features
+from cion.evaluation.rank import distance_chunks, evaluate_distance_chunks, prepare_features
 
 #: Ranks reported in tables (CMC is written in full to the JSON).
 REPORT_RANKS = (1, 5, 10, 20)
@@ -105,10 +105,8 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
 
     t0 = time.perf_counter()
     q, g = prepare_features(qf, gf, metric, device)
-    dist = distance_fn(metric)
-    rows = max(1, (1 << 22) // max(ng, 1))
     top = _TopK(*labels)
-    chunks = ((slice(s, min(nq, s + rows)), dist(q[s:s + rows], g)) for s in range(0, nq, rows))
+    chunks = distance_chunks(q, g, metric)
     res = evaluate_distance_chunks(top(chunks), nq, ng, *labels, max_rank=max_rank, device=q.device)
     t_eval = time.perf_counter() - t0
     report = {"model": model.name, "dataset": ds.name, "version": ds.version, "root": str(ds.root),

@@ -320,11 +320,11 @@ def distance_fn(metric: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     ``sqeuclidean``: squared L2 (torchreid's "euclidean").
     """
     if metric == "cosine":
-        return lambda a, b: 1.0 - a @ b.T
+        return lambda a, b: torch.addmm(a.new_ones(()), a, b.T, beta=1, alpha=-1)
     if metric in ("euclidean", "sqeuclidean"):
         def sq(a, b):
-            d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-            return d.clamp_(min=0)
+            norms = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :]
+            return torch.addmm(norms, a, b.T, alpha=-2).clamp_(min=0)
         return sq if metric == "sqeuclidean" else (lambda a, b: sq(a, b).sqrt_())
     raise EvaluationError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
 
@@ -358,13 +358,33 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str
     Peak extra memory is about ``40 * chunk_elements`` bytes plus the features themselves.
     Returns the same dict as :func:`evaluate_rank`.
     """
-    dist = distance_fn(metric)
     q, g = prepare_features(qf, gf, metric, device)
     num_q, num_g = q.shape[0], g.shape[0]
     lab = _prepare_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, q.device)
-    rows = _chunk_rows(num_q, num_g, chunk_elements)
-    chunks = ((slice(s, min(s + rows, num_q)), dist(q[s:s + rows], g)) for s in range(0, num_q, rows))
+    chunks = distance_chunks(q, g, metric, chunk_elements=chunk_elements)
     return _evaluate_chunks(chunks, lab, num_q, num_g, max_rank)
+
+
+#: Elements of one query x gallery distance block computed by a single matrix product.
+DEFAULT_BLOCK_ELEMENTS = 1 << 26
+
+
+def distance_chunks(q: torch.Tensor, g: torch.Tensor, metric: str, *,
+                    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                    block_elements: int = DEFAULT_BLOCK_ELEMENTS
+                    ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(query slice, (rows, G) distances)`` chunks of about ``chunk_elements``, computed in
+    blocks of about ``block_elements`` (one matmul each: a matmul per small chunk would re-read the
+    whole gallery every time and run several times slower)."""
+    dist = distance_fn(metric)
+    num_q, num_g = q.shape[0], g.shape[0]
+    rows = _chunk_rows(num_q, num_g, chunk_elements)
+    block = max(rows, (block_elements // max(num_g, 1)) // rows * rows)
+    for b in range(0, num_q, block):
+        d = dist(q[b:b + block], g)
+        for s in range(0, d.shape[0], rows):
+            yield slice(b + s, b + min(s + rows, d.shape[0])), d[s:s + rows]
+        del d
 
 
 def evaluate_distance_chunks(chunks: Iterator[tuple[slice, torch.Tensor]], num_q: int, num_g: int,

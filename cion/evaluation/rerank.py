@@ -83,12 +83,17 @@ class _FeatureSource(_Source):
         return self.dist(self.x[start:stop], self.x)
 
     def pairs(self, i, j):
-        a, b = self.x[i], self.x[j]
-        dot = (a * b).sum(1)
-        if self.metric == "cosine":
-            return 1.0 - dot
-        sq = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * dot).clamp_(min=0)
-        return sq if self.metric == "sqeuclidean" else sq.sqrt_()
+        out = torch.empty(len(i), dtype=self.x.dtype, device=self.x.device)
+        piece = max(1, (1 << 23) // max(self.x.shape[1], 1))   # bounds the gathered (piece, D) rows
+        for s in range(0, len(i), piece):
+            a, b = self.x[i[s:s + piece]], self.x[j[s:s + piece]]
+            dot = (a * b).sum(1)
+            if self.metric == "cosine":
+                out[s:s + piece] = 1.0 - dot
+                continue
+            sq = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * dot).clamp_(min=0)
+            out[s:s + piece] = sq if self.metric == "sqeuclidean" else sq.sqrt_()
+        return out
 
 
 def _neighbours(src: _Source, k: int, block_elements: int, progress: Callable | None):
