@@ -151,7 +151,7 @@ def main() -> None:
     print(f"\n## training step on CPU ({args.threads} threads, fp32, out_dim 65536, batch {args.batch}, "
           f"2 x {gsize[0]}x{gsize[1]} + {L} x {lsize[0]}x{lsize[1]}, synthetic tensors, no data loading)")
     print("| arch | images/s | s/step | loss share of step |\n|---|---|---|---|")
-    for arch in args.archs.split(","):
+    for arch in [a for a in args.archs.split(",") if a]:
         r = bench_train(arch, args.batch, gsize, lsize, L, args.steps, "cpu")
         print(f"| {arch} | {r['images_per_s']:.2f} | {r['step_s']:.2f} | {100 * r['loss_share']:.2f}% |",
               flush=True)

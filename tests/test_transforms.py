@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from cion.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment, MultiCropConfig,
-                                  colour_jitter, random_resized_boxes, torchvision_multicrop)
+                                  colour_jitter, gaussian_blur, random_resized_boxes,
+                                  torchvision_multicrop)
 
 
 def _img(h=64, w=32, seed=0, smooth=False):
@@ -68,6 +69,23 @@ def test_colour_jitter_operations():
     assert torch.allclose(y, grays, atol=1e-5)                     # hue keeps grays gray
     y = colour_jitter(torch.ones(3, 3, 4), rng, jitter=(0.4, 0, 0, 0), jitter_p=1.0, gray_p=0.0)
     assert y.max() <= 1.0                                          # clamped to [0, 1]
+
+
+def test_gaussian_blur_against_dense_reference():
+    x = torch.rand(3, 3, 20, 12)
+    sigma = torch.tensor([0.5, 1.0, 2.0])
+    out = gaussian_blur(x, sigma)
+    half = 6
+    for n in range(3):  # reference: explicit 2-D kernel, reflect padding
+        tt = torch.arange(-half, half + 1, dtype=torch.float32)
+        k1 = torch.exp(-0.5 * (tt / sigma[n]) ** 2)
+        k1 = k1 / k1.sum()
+        k2 = (k1[:, None] * k1[None, :]).expand(3, 1, -1, -1)
+        pad = torch.nn.functional.pad(x[n:n + 1], (half,) * 4, mode="reflect")
+        ref = torch.nn.functional.conv2d(pad, k2, groups=3)
+        assert torch.allclose(out[n], ref[0], atol=1e-5)
+    const = torch.full((2, 3, 16, 8), 0.3)
+    assert torch.allclose(gaussian_blur(const, torch.tensor([1.0, 2.0])), const, atol=1e-6)
 
 
 def test_blur_and_solarize_take_effect():

@@ -10,9 +10,10 @@ p 0.2 on global 2; ImageNet mean/std.
 Why it is faster than the torchvision-PIL pipeline of DINO (measured in
 ``benchmarks/pretrain_throughput.py``): the image is decoded once (with JPEG draft decoding when
 it is much larger than needed); each crop is cut and resized by one PIL call
-(``Image.resize(box=...)``), flipped and blurred in PIL on uint8; colour jitter and grayscale
-are per-crop 3x3 colour matrices applied to all crops of one size by batched matrix products
-(:func:`colour_jitter`), instead of four PIL passes (two of them through HSV) per crop.
+(``Image.resize(box=...)``) and flipped in PIL; colour jitter and grayscale are per-crop 3x3
+colour matrices applied to all crops of one size by batched matrix products
+(:func:`colour_jitter`), instead of four PIL passes (two of them through HSV) per crop; the
+blur is one separable grouped convolution over all blurred crops of one size.
 
 Randomness: every call takes a 64-bit ``seed`` (given per sample by
 :class:`cion.data.sampler.IdentityBatchSampler`), so the crops of an image depend only on that
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+import torch.nn.functional as F
+from PIL import Image
 
 from cion.errors import CionError
 
@@ -155,6 +157,22 @@ def colour_jitter(x: torch.Tensor, rng: np.random.Generator, jitter=(0.4, 0.4, 0
     return x
 
 
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with one sigma (pixels) per image, reflect pad.
+
+    The kernel spans ``ceil(3 * max(sigma))`` pixels each side (capped by the image size).
+    """
+    n, c, h, w = x.shape
+    half = max(1, min(int(math.ceil(3.0 * float(sigma.max()))), min(h, w) - 1))
+    t = torch.arange(-half, half + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)            # (N*C, 2*half+1)
+    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
 class MultiCropAugment:
     """``augment(img, seed) -> (globals (2, 3, Hg, Wg), locals (L, 3, Hl, Wl))`` float32,
     normalised. ``img`` is a PIL image (any mode) or a path."""
@@ -180,10 +198,9 @@ class MultiCropAugment:
                scale: tuple[float, float], blur_p: np.ndarray, solarize_p: np.ndarray) -> torch.Tensor:
         """``n`` augmented views of one size: (n, 3, H, W) float32, normalised.
 
-        Per crop, in PIL on uint8 (C code): crop + resize in one call, flip, Gaussian blur.
-        Then for all crops at once: colour jitter + grayscale (:func:`colour_jitter`), solarise,
-        normalise. Blur and the colour maps are linear (blur kernels sum to 1), so blurring
-        first matches DINO's order (blur after jitter) up to the clamps.
+        Per crop, in PIL on uint8 (C code): crop + resize in one call, flip. Then for all crops
+        at once, in DINO's order: colour jitter + grayscale (:func:`colour_jitter`), Gaussian
+        blur (:func:`gaussian_blur`, one sigma per crop), solarise, normalise.
         """
         cfg = self.cfg
         h, w = size
@@ -192,15 +209,14 @@ class MultiCropAugment:
         blur = rng.random(n) < blur_p
         sigma = rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n) * cfg.sigma_scale
         crops = []
-        for i, box in enumerate(boxes.tolist()):   # per crop: a few C calls on small images
+        for i, box in enumerate(boxes.tolist()):   # per crop: one or two C calls
             c = img.resize((w, h), Image.BILINEAR, box=tuple(box))
-            if flip[i]:
-                c = c.transpose(Image.FLIP_LEFT_RIGHT)
-            if blur[i]:
-                c = c.filter(ImageFilter.GaussianBlur(radius=float(sigma[i])))
-            crops.append(np.asarray(c))
+            crops.append(np.asarray(c.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else c))
         x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).reshape(n, 3, h * w).float().div_(255)
         x = colour_jitter(x, rng, cfg.jitter, cfg.jitter_p, cfg.gray_p).view(n, 3, h, w)
+        if blur.any():
+            sel = torch.from_numpy(blur)
+            x[sel] = gaussian_blur(x[sel], torch.from_numpy(sigma[blur]).float())
         sol = rng.random(n) < solarize_p
         if sol.any():
             sel = torch.from_numpy(sol)
