@@ -45,6 +45,7 @@ def simulate(path: str, n_images: int, dim: int = DIM, seed: int = 0, block: int
     bank = rng.standard_normal((1 << 17, dim), dtype=np.float32) * np.float32(0.33 / np.sqrt(dim))
     tr_off = np.float32(0.25)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    true = np.empty(n, dtype=np.int64)                         # person of each image, -1 none
     for a in range(0, n, block):                               # one iteration per block of rows
         b = min(n, a + block)
         t = np.arange(a, b) // PER_TRACKLET
@@ -52,15 +53,20 @@ def simulate(path: str, n_images: int, dim: int = DIM, seed: int = 0, block: int
         x = tc + bank[rng.integers(0, len(bank), b - a)]
         noisy = rng.random(b - a) < 0.05
         k = int(noisy.sum())
-        x[noisy] = np.where(rng.random((k, 1)) < 0.5,
-                            centres[rng.integers(0, people, k)] + bank[rng.integers(0, len(bank), k)],
+        other = rng.integers(0, people, k)
+        switch = rng.random(k) < 0.5
+        x[noisy] = np.where(switch[:, None],
+                            centres[other] + bank[rng.integers(0, len(bank), k)],
                             rng.standard_normal((k, dim), dtype=np.float32) / np.sqrt(dim))
+        tb = person[t]
+        tb[noisy] = np.where(switch, other, -1)
+        true[a:b] = tb
         out[a:b] = x.astype(np.float16)
     out.flush()
     del out
     video = video_of_t[np.arange(n) // PER_TRACKLET]
     tracklet = np.arange(n) // PER_TRACKLET
-    np.savez(path + ".layout.npz", video=video, tracklet=tracklet)
+    np.savez(path + ".layout.npz", video=video, tracklet=tracklet, true=true)
     return n
 
 
@@ -71,8 +77,11 @@ def worker(path: str, cross_order: str, noise: bool) -> dict:
     t0 = time.perf_counter()
     res = denoise(path, lay["video"], lay["tracklet"], cross_order=cross_order, noise_stats=noise)
     total = time.perf_counter() - t0
+    from cion.denoise.metrics import pairwise_precision_recall
+    quality = pairwise_precision_recall(res.identity, lay["true"])
     from cion.denoise.pipeline import _peak_rss_mb      # VmHWM: this process image only
-    return {"total_seconds": total, "stats": res.stats, "peak_rss_mb": _peak_rss_mb()}
+    return {"total_seconds": total, "stats": res.stats, "peak_rss_mb": _peak_rss_mb(),
+            "quality": quality}
 
 
 def main() -> None:
@@ -104,6 +113,9 @@ def main() -> None:
             levels_s = sum(by[k]["seconds"] for k in ("raw", "tracklet", "video", "cross"))
             noise_s = sum(s.get("noise_seconds", 0.0) for s in r["stats"])
             rows.append((n, by, levels_s, noise_s, r["total_seconds"], r["peak_rss_mb"]))
+            qq = r["quality"]
+            print(f"  vs simulated persons: pairwise precision {qq['precision']:.4f} recall "
+                  f"{qq['recall']:.4f}; cross-video links {by['cross']['links']:,}", flush=True)
             print(f"  read+levels {levels_s:.1f}s, n_S {noise_s:.1f}s, total {r['total_seconds']:.1f}s,"
                   f" peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
     print()

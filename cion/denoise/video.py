@@ -13,7 +13,7 @@ from cion.denoise.parallel import pmap
 from cion.denoise.reference import TIE_EPS
 
 
-def video_chunks(vtstart: np.ndarray, chunk: int = 256) -> list[tuple[int, int]]:
+def video_chunks(vtstart: np.ndarray, chunk: int = 64) -> list[tuple[int, int]]:
     """Runs ``(v0, v1)`` of consecutive videos with about ``chunk`` tracklets in all.
 
     A run is cut where ``vtstart // chunk`` changes, so it holds at most ``chunk`` tracklets plus
@@ -30,7 +30,7 @@ def video_chunks(vtstart: np.ndarray, chunk: int = 256) -> list[tuple[int, int]]
 
 def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.ndarray,
                key: np.ndarray, vtstart: np.ndarray, sigma_cst: float,
-               chunk: int = 256, tile: int = 4096, threads: int = 1) -> np.ndarray:
+               chunk: int = 64, tile: int = 4096, threads: int = 1) -> np.ndarray:
     """Eq. 5 with the fixed level-1 centroids.
 
     Args:
@@ -80,7 +80,7 @@ def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.
     return target
 
 
-def merge_pairs(U2: np.ndarray, vtstart: np.ndarray, sigma_drm: float, chunk: int = 256,
+def merge_pairs(U2: np.ndarray, vtstart: np.ndarray, sigma_drm: float, chunk: int = 64,
                 tile: int = 2048, threads: int = 1):
     """Eq. 6: all pairs of tracklets of one video with ``1 - cos < sigma_drm``.
 
