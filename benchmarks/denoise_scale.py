@@ -132,11 +132,9 @@ def main() -> None:
               f"{by['video']['seconds']:.1f} | {by['cross']['seconds']:.1f} | {levels_s:.1f} | "
               f"{noise_s:.1f} | {total:.1f} | {per} | {rss / 1024:.2f} | "
               f"{by['cross']['identities']:,} | {ns} |")
-    if len(rows) >= 2:
-        (n0, _, l0, _, t0, _), (n1, _, l1, _, t1, _) = rows[-2], rows[-1]
-        print(f"\nscaling {n0:,} -> {n1:,} ({n1 / n0:.1f}x images): levels {l1 / l0:.2f}x time, "
+    for (n0, _, l0, _, t0, _), (n1, _, l1, _, t1, _) in zip(rows, rows[1:]):
+        print(f"scaling {n0:,} -> {n1:,} ({n1 / n0:.1f}x images): levels {l1 / l0:.2f}x time, "
               f"total incl. n_S {t1 / t0:.2f}x")
-
 
 if __name__ == "__main__":
     main()
