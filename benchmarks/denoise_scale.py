@@ -136,5 +136,6 @@ def main() -> None:
         print(f"scaling {n0:,} -> {n1:,} ({n1 / n0:.1f}x images): levels {l1 / l0:.2f}x time, "
               f"total incl. n_S {t1 / t0:.2f}x")
 
+
 if __name__ == "__main__":
     main()
