@@ -10,7 +10,7 @@ dependencies), builds only fast-reid's ``rank_cy.pyx`` with Cython in place, and
 torchreid's ``metrics/rank.py`` straight from the unpacked sdist. Then:
 
     .venv/bin/python benchmarks/eval_speed.py --refs /tmp/reid_refs             # Market + MSMT17
-    .venv/bin/python benchmarks/eval_speed.py --refs /tmp/reid_refs --sizes market --rerank-msmt
+    .venv/bin/python benchmarks/eval_speed.py --refs /tmp/reid_refs --sizes "" --rerank-msmt
 
 Problem: synthetic features (D = --dim) of identity centres plus noise, with Market-1501 sizes
 (3,368 queries x 15,913 gallery, 750 ids, 6 cameras) and MSMT17 sizes (11,659 x 82,161, 3,060
@@ -149,6 +149,32 @@ def worker(method: str, data: Path, refs: Path | None) -> dict:
         r = evaluate_distance_chunks(rerank_features(qf, gf, stream=True, progress=False),
                                      len(qf), len(gf), qp, gp, qc, gc)
         res = {"mAP": r["mAP"], "mINP": r["mINP"], "cmc": r["cmc"][:20].tolist()}
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        plain = evaluate_features(qf, gf, qp, gp, qc, gc)          # not timed: for the gain
+        return {"method": method, "seconds": seconds, "distance_seconds": 0.0,
+                "peak_rss_mb": peak, "rss_before_mb": base, "mAP_without_rerank": plain["mAP"],
+                **res}
+    elif method == "classic_rerank_check":
+        # a mid-size problem (N = 2,800) where the classic dense code still runs: same matrix?
+        sys.path.insert(0, str(refs / "fastreid-1.4.0" / "fastreid" / "evaluation"))
+        from rerank import re_ranking as classic  # fast-reid's copy of the original code
+        from cion.evaluation.rerank import rerank_features
+
+        q, g = torch.from_numpy(qf[:400]), torch.from_numpy(gf[:2400])
+        ours = rerank_features(q, g, pair_budget=1 << 18)
+        t_ours = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ref = classic((1 - q @ g.T).numpy(), (1 - q @ q.T).numpy(), (1 - g @ g.T).numpy())
+        t_ref = time.perf_counter() - t1
+        lab4 = (qp[:400], gp[:2400], qc[:400], gc[:2400])
+        r = evaluate_rank(ours, *lab4)
+        return {"method": method, "seconds": t_ours, "classic_seconds": t_ref, "distance_seconds": 0.0,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_before_mb": base, "max_abs_diff_vs_classic": float(np.abs(ours - ref).max()),
+                "classic_mAP": evaluate_rank(ref, *lab4)["mAP"],
+                "mAP_without_rerank": evaluate_rank((1 - q @ g.T).numpy(), *lab4)["mAP"],
+                "mAP": r["mAP"], "mINP": r["mINP"], "cmc": r["cmc"][:20].tolist()}
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = time.perf_counter() - t0
@@ -208,7 +234,7 @@ def main() -> None:
         print("no --refs: timing cion only (run --setup DIR first for the reference evaluators)")
     results = []
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as tmp:
-        for size in args.sizes.split(","):
+        for size in [s for s in args.sizes.split(",") if s]:
             for quality in args.quality.split(","):
                 data = Path(tmp) / f"{size}_{quality}"
                 data.mkdir()
@@ -237,10 +263,21 @@ def main() -> None:
             data = Path(tmp) / "rerank"
             data.mkdir()
             make_problem(data, "msmt", args.rerank_dim, NOISE["trained"])
+            if refs:
+                r = run_worker("classic_rerank_check", data, refs, args.timeout)
+                r.update(size="400x2400", quality="trained", dim=args.rerank_dim)
+                results.append(r)
+                report_line(r)
+                if "error" not in r:
+                    print(f"    classic dense re-ranking {r['classic_seconds']:.2f} s, max |ours - "
+                          f"classic| = {r['max_abs_diff_vs_classic']:.1e}, mAP {r['mAP_without_rerank']:.4f}"
+                          f" -> {r['mAP']:.4f} (classic {r['classic_mAP']:.4f})", flush=True)
             r = run_worker("cion_rerank_features", data, None, args.timeout * 2)
             r.update(size="msmt", quality="trained", dim=args.rerank_dim)
             results.append(r)
             report_line(r)
+            if "error" not in r:
+                print(f"    mAP without re-ranking {r['mAP_without_rerank']:.4f}", flush=True)
     print()
     print_table(results)
     if args.json:
