@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cion.data.synth import WorldConfig, generate_world
+from cion.evaluation import evaluate_rank
 from cion.handcrafted import colour_histogram_files
 
 NAME = re.compile(r"^([-\d]+)_c(\d)")
@@ -29,17 +30,9 @@ def read_market(folder: Path):
 
 
 def map_rank1(dist, qp, qc, gp, gc):
-    """Market protocol, per-query loop (small sizes only)."""
-    aps, r1 = [], []
-    for i in range(len(qp)):
-        order = np.argsort(dist[i], kind="stable")
-        valid = ~((gp[order] == qp[i]) & (gc[order] == qc[i])) & (gp[order] != -1)
-        match = (gp[order] == qp[i])[valid]
-        if match.any():
-            hits = np.flatnonzero(match)
-            aps.append(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
-            r1.append(float(match[0]))
-    return float(np.mean(aps)), float(np.mean(r1))
+    """(mAP, Rank-1) under the Market protocol (cion.evaluation.evaluate_rank)."""
+    res = evaluate_rank(dist, qp, gp, qc, gc, max_rank=1)
+    return float(res["mAP"]), float(res["cmc"][0])
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ Extra columns (``true_identity``, ``noise``, ``status``, ...) are kept untouched
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cion.errors import CionError
+from cion.fileio import atomic_write
 
 #: Required columns and the dtype each is stored with.
 COLUMNS: dict[str, str] = {
@@ -177,15 +177,5 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     df = validate(df, str(path))
     df.attrs = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))

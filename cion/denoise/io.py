@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 from cion.errors import CionError
+from cion.fileio import atomic_write
 
 
 def output_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
@@ -23,10 +24,7 @@ def output_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
 
 
 def _write_json_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
 
 def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from cion.errors import CionError
+from cion.fileio import atomic_write
 from cion.models.convert import DERIVED_BUFFER_SUFFIXES, official_to_ours
 from cion.models.registry import get_entry
 
@@ -262,16 +263,11 @@ def save_backbone(model: nn.Module, path: PathLike, arch: Optional[str] = None,
     arch = arch or getattr(model, "zoo_name", None)
     if arch is None:
         raise ValueError("save_backbone needs arch= for a model not made by create_model")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": BACKBONE_FORMAT, "arch": arch, "feature_dim": str(get_entry(arch).feature_dim),
             "reparameterized": str(bool(getattr(model, "reparameterized", False))).lower()}
     meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_backbone_file(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -8,34 +8,20 @@ state dict with the backbone's own keys.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cion.fileio import atomic_write
+
 FORMAT = "cion-pretrain-1"
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     state = dict(state, format=FORMAT)
-    return _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -56,7 +42,7 @@ def save_backbone(backbone: torch.nn.Module, path: str | Path, metadata: dict | 
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def rng_state() -> dict:
