@@ -18,3 +18,14 @@ def tiny_world(tmp_path_factory):
                       bench_identities=40, seed=0)
     generate_world(root, cfg, workers=1, progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module with one torch thread (2 threads on busy shared cores are far slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

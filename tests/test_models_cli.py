@@ -14,12 +14,7 @@ from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkp
 LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(args, capsys):

@@ -18,12 +18,7 @@ from cion.models.ibn import IBN
 from cion.models.reparam import reparameterize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
