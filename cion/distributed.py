@@ -84,6 +84,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` over all ranks (``t`` itself when single-process)."""
+    if not is_dist():
+        return t
+    out = t.clone()
+    tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
+    return out
+
+
 def all_gather_object(obj) -> list:
     """List of ``obj`` from every rank (``[obj]`` when single-process)."""
     if not is_dist():

@@ -113,3 +113,43 @@ def test_collapse_statistics():
     _, stats = loss_fn(torch.zeros(V * B, D), torch.zeros(2 * B, D), labels, 0.04)
     assert stats["teacher_entropy"].item() == pytest.approx(torch.log(torch.tensor(float(D))).item(), rel=1e-5)
     assert stats["kl"].item() == pytest.approx(0.0, abs=1e-4)
+
+
+def sinkhorn_slow(logits, temp, iters=3):
+    """SwAV / DINOv2 Sinkhorn-Knopp written with explicit (D, N) matrices, float64."""
+    q = torch.exp(logits.double() / temp).T
+    q = q / q.sum()
+    d, n = q.shape
+    for _ in range(iters):
+        q = q / q.sum(1, keepdim=True) / d
+        q = q / q.sum(0, keepdim=True) / n
+    return (q * n).T
+
+
+def test_sinkhorn_centering_matches_reference_and_is_balanced():
+    from cion.pretrain.loss import sinkhorn_knopp
+
+    torch.manual_seed(0)
+    logits = torch.randn(48, 16) * 0.3 + torch.randn(1, 16)   # a strong shared component
+    p = sinkhorn_knopp(logits, 0.1)
+    torch.testing.assert_close(p.double(), sinkhorn_slow(logits, 0.1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p.sum(1), torch.ones(48))      # every sample a distribution
+    # prototypes share the batch far more evenly than a plain softmax would
+    plain = torch.softmax(logits / 0.1, 1).sum(0)
+    assert p.sum(0).std() < 0.5 * plain.std()
+    # a constant added to the logits changes nothing (stable shift)
+    torch.testing.assert_close(sinkhorn_knopp(logits + 50.0, 0.1), p)
+
+
+def test_loss_with_sinkhorn_centering_runs_and_leaves_centre_tracking():
+    torch.manual_seed(1)
+    B, V, D = 6, 4, 32
+    loss_fn = IdentityDINOLoss(D, centering="sinkhorn")
+    s = torch.randn(V * B, D, requires_grad=True)
+    t = torch.randn(2 * B, D)
+    loss, stats = loss_fn(s, t, torch.tensor([0, 0, 1, 1, 2, 2]), 0.05)
+    loss.backward()
+    assert torch.isfinite(loss) and s.grad.abs().sum() > 0
+    assert loss_fn.center.abs().sum() > 0      # still tracked for the statistics
+    with pytest.raises(ValueError, match="centering"):
+        IdentityDINOLoss(D, centering="median")

@@ -3,6 +3,8 @@ tiny in-process run with bf16 autocast + channels_last on CPU."""
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -90,8 +92,36 @@ def test_config_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("epochs: [1, 2")
     with pytest.raises(CionError, match="bad.yaml"):
         PretrainConfig.from_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(CionError, match="centering"):
+        PretrainConfig(centering="median")
+    with pytest.raises(CionError, match="augment: unknown option.*jiter"):
+        PretrainConfig(augment={"jiter": 0.1})
+    with pytest.raises(CionError, match="base_lr must be a number"):
+        PretrainConfig(base_lr="fast")
+    assert PretrainConfig(base_lr="8e-3").base_lr == 8e-3       # YAML's 8e-3 is a string
     a, b = PretrainConfig(epochs=3), PretrainConfig(epochs=4, max_steps=5)
     assert a.differences(b) == ["epochs", "curriculum"]
+
+
+def test_head_bn_and_augment_options_reach_the_networks_and_crops(tmp_path):
+    from cion import distributed as dist
+    from cion.pretrain.trainer import build_networks
+
+    cfg = PretrainConfig(arch="test_resnet", global_size=(32, 16), local_size=(16, 8), out_dim=64,
+                         hidden_dim=32, bottleneck_dim=16, head_bn=True,
+                         augment={"gray_p": 1.0, "jitter_p": 0.0, "blur_p": [0, 0, 0]})
+    student, teacher, _ = build_networks(cfg, torch.device("cpu"), dist.init("cpu"))
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in student.head.modules()) == 2
+    from cion.data.transforms import MultiCropAugment, MultiCropConfig
+    from PIL import Image
+    aug = MultiCropAugment(MultiCropConfig(global_size=cfg.global_size, local_size=cfg.local_size,
+                                           local_crops=1, **cfg.augment))
+    img = Image.fromarray((np.random.default_rng(0).random((64, 32, 3)) * 255).astype(np.uint8))
+    glob, _ = aug(img, seed=3)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    rgb = glob[0] * std + mean               # gray_p 1: the three channels are equal
+    torch.testing.assert_close(rgb[0], rgb[1], atol=1e-5, rtol=0)
 
 
 def _tiny_cfg(**kw):

@@ -4,16 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_levels(stats: list[dict], out: str | Path, title: str = "CION denoising") -> Path:
+def plot_levels(stats: list[dict], out: str | Path, title: str = "CION denoising",
+                quality: list[dict] | None = None) -> Path:
     """Four panels over the stages (raw, then each level run): identities; images kept /
-    reallocated / discarded (stacked); noise n_S (Eq. 3); seconds. Returns the PNG path."""
+    reallocated / discarded (stacked); noise n_S (Eq. 3); seconds. With ``quality`` (one
+    ``{"precision", "recall"}`` dict per stage, e.g. from
+    :func:`cion.denoise.metrics.pairwise_precision_recall` against ground truth) a fifth panel
+    shows pairwise precision and recall. Returns the PNG path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [s["level"] for s in stats]
     x = range(len(names))
-    fig, ax = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, ax = plt.subplots(1, 5 if quality else 4, figsize=(19 if quality else 15, 3.6))
     ax[0].bar(x, [s["identities"] for s in stats], color="#4c72b0")
     ax[0].set_title("identities")
     bottom = [0] * len(stats)
@@ -32,6 +36,12 @@ def plot_levels(stats: list[dict], out: str | Path, title: str = "CION denoising
         ax[2].set_title("noise n_S not computed")
     ax[3].bar(x, [s["seconds"] for s in stats], color="#937860")
     ax[3].set_title("seconds")
+    if quality:
+        ax[4].plot(list(x), [q["precision"] for q in quality], "o-", label="precision")
+        ax[4].plot(list(x), [q["recall"] for q in quality], "s-", label="recall")
+        ax[4].set_ylim(0, 1.02)
+        ax[4].set_title("pairwise vs ground truth")
+        ax[4].legend(fontsize=8)
     for a in ax:
         a.set_xticks(list(x))
         a.set_xticklabels(names)

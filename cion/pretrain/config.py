@@ -35,12 +35,14 @@ class PretrainConfig:
     local_size: tuple = (128, 64)
     global_scale: tuple = (0.8, 1.0)
     local_scale: tuple = (0.05, 0.8)
+    augment: dict = field(default_factory=dict)   # MultiCropConfig overrides (jitter_p, gray_p, ...)
     curriculum: Optional[list] = None     # [[epoch, K], ...]; None = 2/4/6/8 at 0/40/60/80 %
     # DINO head
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     norm_last_layer: bool = True
+    head_bn: bool = False                 # BatchNorm1d in the head's MLP (DINO's use_bn_in_head)
     # optimisation (DINO defaults, SPEC section 4)
     base_lr: float = 5e-4                 # per 256 images
     min_lr: float = 1e-6
@@ -53,6 +55,7 @@ class PretrainConfig:
     warmup_teacher_temp_epochs: float = 0
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    centering: str = "mean"               # mean (DINO, CION) | sinkhorn (DINOv2's Sinkhorn-Knopp)
     clip_grad: float = 3.0                # per-parameter gradient norm (DINO); 0 = off
     freeze_last_layer: int = 1            # epochs with the head's last layer frozen
     # execution
@@ -73,12 +76,28 @@ class PretrainConfig:
                    "collapse_patience", "device")
 
     def __post_init__(self):
+        for f in fields(self):   # YAML reads 8e-3 (no dot) as a string: accept it as a number
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and isinstance(value, str):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise CionError(f"{f.name} must be a number (got '{value}')") from None
         self.global_size = _size(self.global_size, "global_size")
         self.local_size = _size(self.local_size, "local_size")
         self.global_scale = tuple(float(v) for v in self.global_scale)
         self.local_scale = tuple(float(v) for v in self.local_scale)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise CionError(f"precision must be auto, fp32, bf16 or fp16 (got '{self.precision}')")
+        from cion.data.transforms import MultiCropConfig
+        allowed = {f.name for f in fields(MultiCropConfig)} - {
+            "global_size", "local_size", "local_crops", "global_scale", "local_scale", "extra"}
+        bad = sorted(set(self.augment) - allowed)
+        if bad:
+            raise CionError(f"augment: unknown option(s) {bad}; known: {sorted(allowed)}")
+        self.augment = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.augment.items()}
+        if self.centering not in ("mean", "sinkhorn"):
+            raise CionError(f"centering must be mean or sinkhorn (got '{self.centering}')")
         if str(self.channels_last).lower() not in ("auto", "true", "false"):
             raise CionError(f"channels_last must be auto, true or false (got '{self.channels_last}')")
         self.channels_last = str(self.channels_last).lower()

@@ -68,6 +68,38 @@ def identity_dino_loss_sum(student_logp: torch.Tensor, teacher_p: torch.Tensor,
     return all_pairs.sum() - (same_view / partners[group]).sum()
 
 
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, iters: int = 3) -> torch.Tensor:
+    """Teacher probabilities by Sinkhorn-Knopp normalisation (DINOv2's centring), DDP-aware.
+
+    ``exp(logits / tau_t)`` of the global batch is rescaled alternately so that every output
+    dimension receives the same total mass (rows) and every sample is a distribution
+    (columns). Unlike mean-centring it cannot drift to the uniform distribution: a batch is
+    always spread over the prototypes, so a randomly initialised network gets sharp, balanced
+    targets from its first step.
+
+    Args:
+        teacher_logits: (N, D) teacher logits on this rank (all ranks together form the batch).
+        teacher_temp: tau_t.
+    Returns:
+        (N, D) probabilities, rows summing to 1.
+    """
+    from cion import distributed as dist
+
+    logits = teacher_logits.float() / teacher_temp
+    shift = dist.all_reduce_max(logits.max().reshape(1))
+    q = torch.exp(logits - shift).T                                   # (D, N)
+    n_total = dist.all_reduce_sum(q.new_tensor([q.shape[1]]))
+    q /= dist.all_reduce_sum(q.sum().reshape(1))
+    dim = q.shape[0]
+    for _ in range(iters):
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)
+        q /= dim
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)
+        q /= n_total
+    return (q * n_total).T
+
+
 class IdentityDINOLoss(nn.Module):
     """CION's loss with DINO's centring and sharpening.
 
@@ -82,14 +114,21 @@ class IdentityDINOLoss(nn.Module):
     global mean loss and collapse statistics as 0-d tensors (teacher entropy, entropy of the
     batch-mean teacher distribution, KL(teacher || student) = loss - teacher entropy).
     The centre (an EMA of the teacher logits' batch mean, all-reduced) is updated in place.
+
+    ``centering``: ``"mean"`` (DINO, CION: subtract the centre, then sharpen) or
+    ``"sinkhorn"`` (DINOv2: :func:`sinkhorn_knopp`; the centre is then still tracked for the
+    collapse statistics but not used).
     """
 
     def __init__(self, out_dim: int, n_global: int = 2, student_temp: float = 0.1,
-                 center_momentum: float = 0.9):
+                 center_momentum: float = 0.9, centering: str = "mean"):
         super().__init__()
+        if centering not in ("mean", "sinkhorn"):
+            raise ValueError(f"centering must be 'mean' or 'sinkhorn' (got {centering!r})")
         self.n_global = n_global
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor,
@@ -100,7 +139,10 @@ class IdentityDINOLoss(nn.Module):
         student_logp = F.log_softmax(student_out.float() / self.student_temp, dim=-1)
         student_logp = student_logp.view(-1, batch, student_logp.shape[-1])
         teacher_logits = teacher_out.detach().float()
-        teacher_p = F.softmax((teacher_logits - self.center) / teacher_temp, dim=-1)
+        if self.centering == "sinkhorn":
+            teacher_p = sinkhorn_knopp(teacher_logits, teacher_temp)
+        else:
+            teacher_p = F.softmax((teacher_logits - self.center) / teacher_temp, dim=-1)
         teacher_p = teacher_p.view(self.n_global, batch, -1)
 
         local_sum = identity_dino_loss_sum(student_logp, teacher_p, labels)

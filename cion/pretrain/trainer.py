@@ -135,7 +135,8 @@ def build_networks(cfg: PretrainConfig, device: torch.device, info: dist.DistInf
     torch.manual_seed(cfg.seed)  # same initialisation on every rank
     backbone = build_backbone(cfg.arch, cfg.global_size)
     width = feature_width(backbone, cfg.global_size)
-    head = DINOHead(width, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.norm_last_layer)
+    head = DINOHead(width, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.norm_last_layer,
+                    use_bn=cfg.head_bn)
     channels_last = (cfg.channels_last == "true" or
                      (cfg.channels_last == "auto" and device.type == "cuda"
                       and is_cnn(cfg.arch, backbone)))
@@ -257,7 +258,7 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
                                    rank=info.rank, world_size=info.world_size)
     augment = MultiCropAugment(MultiCropConfig(
         global_size=cfg.global_size, local_size=cfg.local_size, local_crops=cfg.local_crops,
-        global_scale=cfg.global_scale, local_scale=cfg.local_scale))
+        global_scale=cfg.global_scale, local_scale=cfg.local_scale, **cfg.augment))
     if np.bincount(np.unique(labels[labels >= 0], return_counts=True)[1]).argmax() == 1 \
             and min(k for _, k in cfg.curriculum) > 1:
         log("most identities have one image: each is repeated K times per batch; for "
@@ -268,7 +269,8 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     if info.world_size > 1 and dist.has_batchnorm(student) and not net_info["sync_bn"]:
         log("BatchNorm statistics stay per process on CPU (SyncBatchNorm is GPU-only)")
     student_ddp = dist.wrap_ddp(student, info)
-    loss_fn = IdentityDINOLoss(cfg.out_dim, 2, cfg.student_temp, cfg.center_momentum).to(device)
+    loss_fn = IdentityDINOLoss(cfg.out_dim, 2, cfg.student_temp, cfg.center_momentum,
+                               cfg.centering).to(device)
     optimizer = torch.optim.AdamW(param_groups(student), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     monitor = CollapseMonitor(cfg.out_dim, cfg.collapse_patience)

@@ -1,0 +1,137 @@
+"""The demo's figures: denoising per level, training curves, zero-shot scores, t-SNE per method
+(the paper's Fig. 4), ranked lists. PNGs under ``OUT/figures/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cion.demo.plan import METHODS, DemoPlan
+
+COLOURS = {"random": "#7f7f7f", "instance": "#1f77b4", "tracklet": "#ff7f0e",
+           "cion_video": "#2ca02c", "cion": "#d62728"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(runs: list[dict], out: Path) -> Path:
+    """Loss and teacher entropy against step, one colour per method, one line per seed."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    seen = set()
+    for r in runs:
+        if not r.get("losses"):
+            continue
+        step, loss, ent = (np.array(v) for v in zip(*r["losses"]))
+        label = r["method"] if r["method"] not in seen else None
+        seen.add(r["method"])
+        ax[0].plot(step, loss, color=COLOURS[r["method"]], label=label, lw=1.2)
+        ax[1].plot(step, ent, color=COLOURS[r["method"]], label=label, lw=1.2)
+    ax[0].set_title("loss (Eq. 9)")
+    ax[1].set_title("teacher entropy (nats; log(out_dim) = uniform)")
+    for a in ax:
+        a.set_xlabel("optimiser step")
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_scores(table: dict, out: Path) -> Path:
+    """Zero-shot mAP and rank-1 per method: bars = mean over seeds, dots = single seeds."""
+    plt = _plt()
+    methods = [m for m in METHODS if m in table]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for a, key, name in ((ax[0], "mAP", "zero-shot mAP (%)"), (ax[1], "rank1", "zero-shot rank-1 (%)")):
+        means = [100 * table[m][key] for m in methods]
+        a.bar(range(len(methods)), means, color=[COLOURS[m] for m in methods], alpha=0.8)
+        for i, m in enumerate(methods):
+            vals = [100 * s[key] for s in table[m]["seeds"]]
+            a.plot([i] * len(vals), vals, "k.", ms=6)
+        a.set_xticks(range(len(methods)))
+        a.set_xticklabels(methods, fontsize=8)
+        a.set_title(name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _benchmark(world: Path):
+    from cion.pretrain.evaluate import read_market_split
+
+    q = read_market_split(world / "market" / "query")
+    g = read_market_split(world / "market" / "bounding_box_test")
+    return q, g
+
+
+def _model(method: str, runs: list[dict], arch: str, size, seed: int):
+    import torch
+
+    from cion.pretrain.backbone import build_backbone, load_backbone
+
+    if method == "random":
+        torch.manual_seed(seed)
+        return build_backbone(arch, size)
+    path = next(r["backbone"] for r in runs if r["method"] == method and r["seed"] == seed)
+    return load_backbone(arch, path, size)
+
+
+def ranked_lists(qf, gf, q, g, out: Path, title: str, rows: int = 6, k: int = 8) -> Path:
+    """Top-``k`` gallery images of the first ``rows`` queries (Market protocol: same identity
+    in the same camera and junk (-1) are not ranked)."""
+    from cion.evaluation.figures import plot_ranked_lists
+
+    (qp, qid, qcam), (gp, gid, gcam) = q, g
+    pick = np.linspace(0, len(qp) - 1, rows).astype(int)
+    dist = 1.0 - qf[pick] @ gf.T
+    ranked, hits, labels = [], [], []
+    for row, i in enumerate(pick):
+        valid = ~((gid == qid[i]) & (gcam == qcam[i])) & (gid != -1)
+        order = np.flatnonzero(valid)[np.argsort(dist[row, valid], kind="stable")][:k]
+        ranked.append(order)
+        hits.append(gid[order] == qid[i])
+        labels.append(f"id {qid[i]} c{qcam[i]}")
+    return plot_ranked_lists([qp[i] for i in pick], gp, np.array(ranked), np.array(hits), labels,
+                             out, title)
+
+
+def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, arch: str,
+             size, plan: DemoPlan) -> dict:
+    """Write every figure; returns ``{name: path}``."""
+    from cion.denoise.figure import plot_levels
+    from cion.evaluation.figures import plot_tsne
+    from cion.pretrain.evaluate import extract_features
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figs = {"denoising": plot_levels(den["stats"], fig_dir / "denoising_levels.png",
+                                     "CION denoising on the synthetic world (colour-histogram extractor)",
+                                     quality=den["quality"]),
+            "curves": plot_curves(runs, fig_dir / "training_curves.png"),
+            "scores": plot_scores(table, fig_dir / "zero_shot.png")}
+    q, g = _benchmark(world)
+    seed = plan.seeds[0]
+    for method in METHODS:
+        if method not in table:
+            continue
+        model = _model(method, runs, arch, size, seed)
+        qf = extract_features(model, q[0], size).numpy()
+        gf = extract_features(model, g[0], size).numpy()
+        feats = np.concatenate([qf, gf])
+        ids = np.concatenate([q[1], g[1]])
+        is_query = np.r_[np.ones(len(qf), bool), np.zeros(len(gf), bool)]
+        figs[f"tsne_{method}"] = plot_tsne(feats, ids, is_query, fig_dir / f"tsne_{method}.png",
+                                           max_identities=plan.tsne_identities, seed=0,
+                                           title=f"{method}")
+        if method in ("random", "cion"):
+            figs[f"ranked_{method}"] = ranked_lists(
+                qf, gf, q, g, fig_dir / f"ranked_{method}.png",
+                f"{method}: top-8 gallery matches (green = same identity)")
+    return figs
