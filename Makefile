@@ -18,8 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	# until `cion demo` lands, the main job generates the synthetic pedestrian world
-	$(VENV)/bin/cion synth --out demo_out/world
+	$(VENV)/bin/cion demo --out demo_out
 
 test: $(STAMP)
 	$(PY) -m pytest -q

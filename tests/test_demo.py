@@ -9,13 +9,18 @@ from cion.demo.report import ordering
 
 
 def test_ordering_verdicts_use_the_seed_spread():
-    zs = {"cion": {"mAP": 0.30, "mAP_std": 0.01}, "tracklet": {"mAP": 0.25, "mAP_std": 0.01},
-          "instance": {"mAP": 0.24, "mAP_std": 0.02}, "random": {"mAP": 0.26, "mAP_std": 0.0}}
+    two = [{}, {}]
+    zs = {"cion": {"mAP": 0.30, "mAP_std": 0.01, "seeds": two},
+          "tracklet": {"mAP": 0.25, "mAP_std": 0.01, "seeds": two},
+          "instance": {"mAP": 0.24, "mAP_std": 0.02, "seeds": two},
+          "random": {"mAP": 0.26, "mAP_std": 0.0, "seeds": two}}
     v = ordering(zs)
     assert v["cion > tracklet"]["beyond_spread"]
     assert v["tracklet > instance"]["holds"] and not v["tracklet > instance"]["beyond_spread"]
     assert not v["instance > random"]["holds"]
     assert v["cion > tracklet"]["gap"] == pytest.approx(0.05)
+    one = {m: dict(r, seeds=[{}]) for m, r in zs.items()}
+    assert ordering(one)["cion > tracklet"]["beyond_spread"] is None
 
 
 def test_demo_quick_end_to_end(tmp_path, one_torch_thread):

@@ -122,3 +122,18 @@ def test_pairwise_metrics_known_values():
     # predicted pairs: 3 + 1 = 4, true among them: (0,1) and (3,4) = 2; true pairs: 1 + 6 = 7
     assert m["pred_pairs"] == 4 and m["hit_pairs"] == 2 and m["true_pairs"] == 7
     assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(2 / 7)
+
+
+def test_calibration_counts_the_neighbours_a_tracklet_really_has():
+    """With fewer tracklets than the sliding range holds, each meets T - 1 others, not 2 r_s."""
+    from cion.denoise import calibrate_thresholds
+
+    rng = np.random.default_rng(0)
+    video = np.repeat(np.arange(5), 12)                 # 5 videos x 4 tracklets x 3 images
+    tracklet = np.repeat(np.arange(20), 3)             # tracklet ids are global
+    feats = rng.random((60, 8)) + 0.1
+    small = calibrate_thresholds(feats, video, tracklet, range_half_width=1000)
+    assert small["link_probability"] == pytest.approx(0.1 / 19)
+    narrow = calibrate_thresholds(feats, video, tracklet, range_half_width=2)
+    assert narrow["link_probability"] == pytest.approx(0.1 / 4)
+    assert narrow["sigma_drm"] >= small["sigma_drm"]

@@ -102,9 +102,21 @@ def ranked_lists(qf, gf, q, g, out: Path, title: str, rows: int = 6, k: int = 8)
                              out, title)
 
 
+def same_camera_top1(qf, gf, q, g) -> float:
+    """Share of queries whose first ranked gallery image (Market protocol) comes from the
+    query's own camera. Features that encode the camera look rather than the person push it
+    towards 1; the share of such gallery images is what an uninformed ranking would give."""
+    (_, qid, qcam), (_, gid, gcam) = q, g
+    dist = 1.0 - qf @ gf.T
+    invalid = ((gid[None] == qid[:, None]) & (gcam[None] == qcam[:, None])) | (gid[None] == -1)
+    dist[invalid] = np.inf
+    return float(np.mean(gcam[dist.argmin(1)] == qcam))
+
+
 def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, arch: str,
              size, plan: DemoPlan) -> dict:
-    """Write every figure; returns ``{name: path}``."""
+    """Write every figure; returns ``{name: path}``; adds ``same_camera_top1`` (seed
+    ``plan.seeds[0]``) to each row of ``table``."""
     from cion.denoise.figure import plot_levels
     from cion.evaluation.figures import plot_tsne
     from cion.pretrain.evaluate import extract_features
@@ -124,6 +136,7 @@ def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, a
         model = _model(method, runs, arch, size, seed)
         qf = extract_features(model, q[0], size).numpy()
         gf = extract_features(model, g[0], size).numpy()
+        table[method]["same_camera_top1"] = same_camera_top1(qf, gf, q, g)
         feats = np.concatenate([qf, gf])
         ids = np.concatenate([q[1], g[1]])
         is_query = np.r_[np.ones(len(qf), bool), np.zeros(len(gf), bool)]

@@ -10,14 +10,16 @@ ORDER = ("cion", "tracklet", "instance", "random")   # the paper's expected rank
 
 def ordering(zero_shot: dict) -> dict:
     """Whether each expected step ``a > b`` (full CION > tracklet > instance > random) holds
-    on mean zero-shot mAP, and whether the gap exceeds the sum of the two seed spreads."""
+    on mean zero-shot mAP, and whether the gap exceeds the sum of the two seed spreads
+    (``None`` with a single seed)."""
     steps = {}
     for a, b in zip(ORDER, ORDER[1:]):
         if a in zero_shot and b in zero_shot:
             gap = zero_shot[a]["mAP"] - zero_shot[b]["mAP"]
             spread = zero_shot[a]["mAP_std"] + zero_shot[b]["mAP_std"]
+            seeds = min(len(zero_shot[a].get("seeds", [])), len(zero_shot[b].get("seeds", [])))
             steps[f"{a} > {b}"] = {"gap": gap, "spread": spread, "holds": gap > 0,
-                                   "beyond_spread": gap > spread}
+                                   "beyond_spread": gap > spread if seeds >= 2 else None}
     return steps
 
 
@@ -64,19 +66,36 @@ def write_report(path: Path, results: dict, runs: list[dict]) -> Path:
               "## 2. Pre-training methods, same backbone, same data, same budget", ""]
     lines += [f"- **{m}**: {d}" for m, d in METHODS.items()]
     lines += ["", "## 3. Zero-shot retrieval on the benchmark", "",
-              "| method | mAP (%) | rank-1 (%) | per seed mAP |", "|---|---|---|---|"]
+              "| method | mAP (%) | rank-1 (%) | per seed mAP | top-1 from the query's camera (%) |",
+              "|---|---|---|---|---|"]
     for m in METHODS:
         if m in zs:
             r = zs[m]
             per = ", ".join(_pct(s["mAP"]) for s in r["seeds"])
+            cam = "" if r.get("same_camera_top1") is None else _pct(r["same_camera_top1"])
             lines.append(f"| {m} | {_pct(r['mAP'])} ± {_pct(r['mAP_std'])} | "
-                         f"{_pct(r['rank1'])} ± {_pct(r['rank1_std'])} | {per} |")
+                         f"{_pct(r['rank1'])} ± {_pct(r['rank1_std'])} | {per} | {cam} |")
+    lines += ["", "mean ± standard deviation over seeds. The last column is the share of queries "
+              "whose best match comes from their own camera (first seed); an uninformed ranking "
+              f"gives {_pct(results['chance_same_camera_top1'])}%. Near 100% means the features "
+              "encode the camera's look (light, white balance, background) rather than the person."]
     lines += ["", f"![scores]({figs['scores']})", "", "### Does the paper's ordering hold?", ""]
-    for step, v in ordering(zs).items():
-        verdict = ("yes, beyond the seed spread" if v["beyond_spread"] else
-                   "yes, but within the seed spread" if v["holds"] else "**no**")
+    verdicts = ordering(zs)
+    for step, v in verdicts.items():
+        verdict = ("**no**" if not v["holds"] else
+                   "yes (one seed: no spread to compare with)" if v["beyond_spread"] is None else
+                   "yes, beyond the seed spread" if v["beyond_spread"] else
+                   "yes, but within the seed spread")
         lines.append(f"- {step}: {verdict} (gap {_pct(v['gap'])} points, spread "
                      f"{_pct(v['spread'])})")
+    if not all(v["holds"] and v["beyond_spread"] is not False for v in verdicts.values()):
+        lines += ["", "Not at this budget. What we measured while looking for the cause (README, "
+                  "*The demo*): a supervised classifier on the same crops reaches 37% mAP in 600 "
+                  "steps, so the world is learnable; instance- and tracklet-level runs learn their "
+                  "pretext (the loss falls) but rank by camera look (last column above); with "
+                  "cross-camera positives, even the true identities, the randomly initialised "
+                  "teacher cannot be predicted across cameras and its output drifts to uniform. "
+                  "Self-distillation from scratch needs far more steps than a CPU demo has."]
     lines += ["", "## 4. Training curves", "", f"![curves]({figs['curves']})", "",
               "A teacher entropy climbing to log(out_dim) means the teacher's output went "
               "uniform (DINO's collapse); one falling and staying low means it assigns images "

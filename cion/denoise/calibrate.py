@@ -11,8 +11,9 @@ paper's values can then exclude everything or chain all tracklets into a few gia
   ``1 - (expected share of noisy images)`` bounds the spread of one person and leaves the
   outliers above it (default 0.8, i.e. up to ~20% of images may be excluded at level 1).
 * ``sigma_drm`` = the distance below which a random pair of tracklets *from different videos*
-  (almost always two different people) falls with probability ``p = false_links / (2 r_s)``.
-  Each tracklet meets ``2 r_s`` others in the sliding range, so this bounds the expected number
+  (almost always two different people) falls with probability
+  ``p = false_links / min(2 r_s, T - 1)``. Each tracklet meets ``2 r_s`` others in the sliding
+  range (all ``T - 1`` others when there are fewer tracklets), so this bounds the expected number
   of false links per tracklet by ``false_links`` (default 0.1), well below 1, where the
   transitive closure would start to chain everything into one component (percolation).
 
@@ -77,7 +78,9 @@ def calibrate_thresholds(features, video, tracklet, *, quantile: float = 0.8,
         raise CionError("cannot calibrate sigma_drm: all tracklets are in one video")
     d = np.concatenate([1.0 - np.einsum("ij,ij->i", U[i[a:a + 65536]], U[j[a:a + 65536]])
                         for a in range(0, len(i), 65536)])
-    link_p = min(0.5, false_links / (2.0 * max(int(range_half_width), 1)))
+    # each tracklet meets 2 r_s others in the sliding range, or all T - 1 when there are fewer
+    neighbours = max(1, min(2 * int(range_half_width), T - 1))
+    link_p = min(0.5, false_links / neighbours)
     sigma_drm = min(max(float(np.quantile(d, link_p)), 1e-6), 2.0)
     return {"sigma_cst": sigma_cst, "sigma_drm": sigma_drm, "quantile": float(quantile),
             "false_links": float(false_links), "link_probability": link_p,
