@@ -7,7 +7,6 @@ benchmark. It returns plain data (numbers and paths), so a process pool can carr
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 
 def curriculum_for(fractions, epochs: int) -> list[list[int]]:
