@@ -48,6 +48,23 @@ def test_no_randomness_is_a_plain_resize():
     assert torch.allclose(g[0], want, atol=1e-5) and torch.allclose(g[1], want, atol=1e-5)
 
 
+def test_white_balance_gain_jitter():
+    """gain_p 1: every crop is the plain resize with each channel scaled by exp(U(-g, g))."""
+    plain = dict(global_size=(32, 16), local_size=(16, 8), local_crops=0, global_scale=(1.0, 1.0),
+                 ratio=(0.5, 0.5), flip_p=0, jitter_p=0, gray_p=0, blur_p=(0, 0, 0), solarize_p=0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    img = Image.fromarray(np.full((64, 32, 3), 100, np.uint8))     # mid grey: no clamping
+    base, _ = MultiCropAugment(MultiCropConfig(**plain))(img, seed=5)
+    gained, _ = MultiCropAugment(MultiCropConfig(**plain, gain_p=1.0, gain_jitter=0.3))(img, seed=5)
+    ratio = (gained * std + mean) / (base * std + mean)             # (2, 3, H, W) per-channel gain
+    per_channel = ratio.flatten(2)
+    assert torch.allclose(per_channel, per_channel[..., :1].expand_as(per_channel), atol=1e-4)
+    g = per_channel[..., 0]
+    assert (g.log().abs() <= 0.3 + 1e-4).all() and (g - 1).abs().max() > 0.01
+    assert not torch.allclose(g[:, 0], g[:, 1])                    # channels differ: a colour cast
+
+
 def test_colour_jitter_operations():
     rng = np.random.default_rng(0)
     x = torch.rand(6, 3, 50) * 0.5 + 0.25                         # mid-range: no clamping

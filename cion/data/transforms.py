@@ -5,7 +5,9 @@ views (default 128x64, scale (0.05, 0.8)), all with aspect ratio w/h in (0.4, 0.
 flip 0.5; colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1) with p 0.8;
 grayscale 0.2; Gaussian blur with p 1.0 (global 1), 0.1 (global 2), 0.5 (locals), sigma in
 (0.1, 2.0) pixels at the reference 256x128 size (scaled with ``global_size``); solarise with
-p 0.2 on global 2; ImageNet mean/std.
+p 0.2 on global 2; ImageNet mean/std. Optional, off by default (not in DINO's set): a
+white-balance jitter, each channel scaled by ``exp(U(-gain_jitter, gain_jitter))`` with
+probability ``gain_p``, before the colour jitter.
 
 Why it is faster than the torchvision-PIL pipeline of DINO (measured in
 ``benchmarks/pretrain_throughput.py``): the image is decoded once (with JPEG draft decoding when
@@ -51,6 +53,8 @@ class MultiCropConfig:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)   # global 1, global 2, locals
     blur_sigma: tuple[float, float] = (0.1, 2.0)          # pixels at 256x128
     solarize_p: float = 0.2                               # global 2 only
+    gain_p: float = 0.0          # white-balance jitter (off in SPEC's recipe): probability ...
+    gain_jitter: float = 0.0     # ... and range: each channel x exp(U(-g, g))
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: dict = field(default_factory=dict)
@@ -213,6 +217,10 @@ class MultiCropAugment:
             c = img.resize((w, h), Image.BILINEAR, box=tuple(box))
             crops.append(np.asarray(c.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else c))
         x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).reshape(n, 3, h * w).float().div_(255)
+        if cfg.gain_p > 0 and cfg.gain_jitter > 0:   # a camera's white balance: per-channel gain
+            gain = np.exp(rng.uniform(-cfg.gain_jitter, cfg.gain_jitter, (n, 3)))
+            gain[rng.random(n) >= cfg.gain_p] = 1.0
+            x = x.mul_(torch.from_numpy(gain).float().unsqueeze(2)).clamp_(0, 1)
         x = colour_jitter(x, rng, cfg.jitter, cfg.jitter_p, cfg.gray_p).view(n, 3, h, w)
         if blur.any():
             sel = torch.from_numpy(blur)
