@@ -75,22 +75,22 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of ``t`` over all ranks (a new tensor; ``t`` itself when single-process)."""
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if not is_dist():
         return t
     out = t.clone()
-    tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+    tdist.all_reduce(out, op=op)
     return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over all ranks (a new tensor; ``t`` itself when single-process)."""
+    return _all_reduce(t, tdist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``t`` over all ranks (``t`` itself when single-process)."""
-    if not is_dist():
-        return t
-    out = t.clone()
-    tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
-    return out
+    return _all_reduce(t, tdist.ReduceOp.MAX)
 
 
 def all_gather_object(obj) -> list:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 RECIPE = """
@@ -40,11 +41,13 @@ def _cli(args, nproc):
                           timeout=300)
 
 
-def test_two_gloo_processes_match_one(tmp_path):
+@pytest.mark.parametrize("centering", ["mean", "sinkhorn"])
+def test_two_gloo_processes_match_one(tmp_path, centering):
+    """Sinkhorn-Knopp normalises over the global batch: its sums must be all-reduced too."""
     from cion.pretrain.toydata import make_toy_manifest
 
     make_toy_manifest(tmp_path / "data", identities=8, images_per_identity=4, size=(32, 16))
-    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    (tmp_path / "tiny.yaml").write_text(RECIPE + f"centering: {centering}\n")
     common = ["--data", str(tmp_path / "data" / "manifest.parquet"), "--config",
               str(tmp_path / "tiny.yaml"), "--max-steps", "3", "--no-progress", "--seed", "4"]
     one = _cli(common + ["--out", str(tmp_path / "one")], 1)
