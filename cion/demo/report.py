@@ -90,8 +90,8 @@ def write_report(path: Path, results: dict, runs: list[dict]) -> Path:
                      f"{_pct(v['spread'])})")
     if not all(v["holds"] and v["beyond_spread"] is not False for v in verdicts.values()):
         lines += ["", "Not at this budget. What we measured while looking for the cause (README, "
-                  "*The demo*): a supervised classifier on the same crops reaches 37% mAP in 600 "
-                  "steps, so the world is learnable; instance- and tracklet-level runs learn their "
+                  "*The demo*): a supervised classifier on the same crops reaches 28% mAP in 600 "
+                  "steps (`benchmarks/pretrain_synth.py --supervised-steps 600`), so the world is learnable; instance- and tracklet-level runs learn their "
                   "pretext (the loss falls) but rank by camera look (last column above); with "
                   "cross-camera positives, even the true identities, the randomly initialised "
                   "teacher cannot be predicted across cameras and its output drifts to uniform. "
