@@ -124,14 +124,6 @@ def test_head_bn_and_augment_options_reach_the_networks_and_crops(tmp_path):
     torch.testing.assert_close(rgb[0], rgb[1], atol=1e-5, rtol=0)
 
 
-def _tiny_cfg(**kw):
-    base = dict(arch="test_vit", epochs=1, batch_size=8, local_crops=2, global_size=(32, 16),
-                local_size=(16, 8), out_dim=64, hidden_dim=32, bottleneck_dim=16, num_workers=0,
-                tensorboard=True, log_every=1, max_steps=2, device="cpu")
-    base.update(kw)
-    return PretrainConfig(**base)
-
-
 def test_channels_last_forward_matches():
     from cion.pretrain.head import MultiCropNet
 
@@ -146,22 +138,24 @@ def test_channels_last_forward_matches():
     assert ref.shape == (6, 32) and torch.allclose(net(views), ref, atol=1e-5)
 
 
-def test_bf16_run_and_resume_guard(tmp_path):
+def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
     from cion.pretrain import pretrain
     from cion.pretrain.backbone import load_backbone
     from cion.pretrain.toydata import make_toy_manifest
 
     df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))
-    r = pretrain(df, _tiny_cfg(precision="bf16"), tmp_path / "run", progress=False)
+    r = pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True), tmp_path / "run",
+                 progress=False)
     assert r.steps == 2 and math.isfinite(r.last_loss)
     assert (tmp_path / "run" / "tensorboard").is_dir()
     model = load_backbone("test_vit", r.backbone, (32, 16))
     assert model(torch.randn(2, 3, 32, 16)).shape == (2, 64)
     with pytest.raises(CionError, match="different options"):
-        pretrain(df, _tiny_cfg(precision="bf16", local_crops=3),
+        pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True, local_crops=3),
                  tmp_path / "run", progress=False)
     with pytest.raises(CionError, match="fp16"):
-        pretrain(df, _tiny_cfg(precision="fp16"), tmp_path / "run16", progress=False)
+        pretrain(df, tiny_pretrain_cfg(precision="fp16", tensorboard=True), tmp_path / "run16",
+                 progress=False)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -6,31 +6,24 @@ import math
 
 import numpy as np
 
-from cion.pretrain import PretrainConfig, pretrain
+from cion.pretrain import pretrain
 
 
-def _cfg(**kw):
-    base = dict(arch="test_vit", epochs=1, batch_size=8, local_crops=2, global_size=(32, 16),
-                local_size=(16, 8), out_dim=64, hidden_dim=32, bottleneck_dim=16, num_workers=0,
-                tensorboard=False, log_every=1, max_steps=2, device="cpu")
-    base.update(kw)
-    return PretrainConfig(**base)
-
-
-def test_pretrain_on_world_and_evaluate(tiny_world, tmp_path):
+def test_pretrain_on_world_and_evaluate(tiny_world, tmp_path, tiny_pretrain_cfg):
     from cion.data.manifest import read_manifest
     from cion.pretrain.backbone import load_backbone
     from cion.pretrain.evaluate import read_market_split, zero_shot_map
 
     df = read_manifest(tiny_world / "pretrain" / "manifest.parquet")
     df["identity"] = df["tracklet"]                      # tracklet-level identities
-    r = pretrain(df, _cfg(), tmp_path / "tracklet", progress=False)
+    r = pretrain(df, tiny_pretrain_cfg(), tmp_path / "tracklet", progress=False)
     assert r.steps == 2 and all(math.isfinite(h["loss"]) for h in r.history)
     assert all(h["k"] == 2 for h in r.history)
 
     inst = df.copy()
     inst["identity"] = np.arange(len(inst))              # instance-level DINO: K = 1
-    r1 = pretrain(inst, _cfg(curriculum=[[0, 1]], max_steps=1), tmp_path / "instance", progress=False)
+    r1 = pretrain(inst, tiny_pretrain_cfg(curriculum=[[0, 1]], max_steps=1), tmp_path / "instance",
+                  progress=False)
     assert r1.steps == 1 and r1.history[0]["k"] == 1
 
     paths, pids, cams = read_market_split(tiny_world / "market" / "query")

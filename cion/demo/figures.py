@@ -7,21 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from cion.demo.plan import METHODS, DemoPlan
+from cion.plotting import pyplot, save_figure
 
 COLOURS = {"random": "#7f7f7f", "instance": "#1f77b4", "tracklet": "#ff7f0e",
            "cion_video": "#2ca02c", "cion": "#d62728"}
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_curves(runs: list[dict], out: Path) -> Path:
     """Loss and teacher entropy against step, one colour per method, one line per seed."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     seen = set()
     for r in runs:
@@ -38,14 +32,12 @@ def plot_curves(runs: list[dict], out: Path) -> Path:
         a.set_xlabel("optimiser step")
         a.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_scores(table: dict, out: Path) -> Path:
     """Zero-shot mAP and rank-1 per method: bars = mean over seeds, dots = single seeds."""
-    plt = _plt()
+    plt = pyplot()
     methods = [m for m in METHODS if m in table]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     for a, key, name in ((ax[0], "mAP", "zero-shot mAP (%)"), (ax[1], "rank1", "zero-shot rank-1 (%)")):
@@ -58,9 +50,7 @@ def plot_scores(table: dict, out: Path) -> Path:
         a.set_xticklabels(methods, fontsize=8)
         a.set_title(name)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _benchmark(world: Path):
@@ -88,12 +78,13 @@ def ranked_lists(qf, gf, q, g, out: Path, title: str, rows: int = 6, k: int = 8)
     in the same camera and junk (-1) are not ranked)."""
     from cion.evaluation.figures import plot_ranked_lists
 
-    (qp, qid, qcam), (gp, gid, gcam) = q, g
+    (qp, qid, qcam), (gp, gid, _) = q, g
     pick = np.linspace(0, len(qp) - 1, rows).astype(int)
     dist = 1.0 - qf[pick] @ gf.T
+    valid_rows = rankable(q, g)[pick]
     ranked, hits, labels = [], [], []
     for row, i in enumerate(pick):
-        valid = ~((gid == qid[i]) & (gcam == qcam[i])) & (gid != -1)
+        valid = valid_rows[row]
         order = np.flatnonzero(valid)[np.argsort(dist[row, valid], kind="stable")][:k]
         ranked.append(order)
         hits.append(gid[order] == qid[i])
@@ -102,15 +93,28 @@ def ranked_lists(qf, gf, q, g, out: Path, title: str, rows: int = 6, k: int = 8)
                              out, title)
 
 
+def rankable(q, g) -> np.ndarray:
+    """(Q, G) bool: gallery images the Market protocol ranks for each query (not junk, not the
+    same identity seen by the same camera)."""
+    (_, qid, qcam), (_, gid, gcam) = q, g
+    same_shot = (gid[None] == qid[:, None]) & (gcam[None] == qcam[:, None])
+    return ~same_shot & (gid[None] != -1)
+
+
 def same_camera_top1(qf, gf, q, g) -> float:
     """Share of queries whose first ranked gallery image (Market protocol) comes from the
     query's own camera. Features that encode the camera look rather than the person push it
-    towards 1; the share of such gallery images is what an uninformed ranking would give."""
-    (_, qid, qcam), (_, gid, gcam) = q, g
-    dist = 1.0 - qf @ gf.T
-    invalid = ((gid[None] == qid[:, None]) & (gcam[None] == qcam[:, None])) | (gid[None] == -1)
-    dist[invalid] = np.inf
-    return float(np.mean(gcam[dist.argmin(1)] == qcam))
+    towards 1; :func:`chance_same_camera` is what an uninformed ranking would give."""
+    dist = np.where(rankable(q, g), 1.0 - qf @ gf.T, np.inf)
+    return float(np.mean(g[2][dist.argmin(1)] == q[2]))
+
+
+def chance_same_camera(world: Path) -> float:
+    """Mean share of a query's rankable gallery images that come from its own camera."""
+    q, g = _benchmark(world)
+    valid = rankable(q, g)
+    same = valid & (g[2][None] == q[2][:, None])
+    return float(np.mean(same.sum(1) / valid.sum(1)))
 
 
 def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, arch: str,

@@ -116,17 +116,6 @@ def random_init_scores(arch: str, size, seeds, market: Path) -> list[dict]:
     return out
 
 
-def chance_same_camera(world: Path) -> float:
-    """Mean share of a query's rankable gallery images that come from its own camera."""
-    from cion.pretrain.evaluate import read_market_split
-
-    _, qid, qcam = read_market_split(world / "market" / "query")
-    _, gid, gcam = read_market_split(world / "market" / "bounding_box_test")
-    valid = ~((gid[None] == qid[:, None]) & (gcam[None] == qcam[:, None])) & (gid[None] != -1)
-    same = valid & (gcam[None] == qcam[:, None])
-    return float(np.mean(same.sum(1) / valid.sum(1)))
-
-
 def summarise(runs: list[dict]) -> dict:
     """``{method: {"mAP", "rank1", "mAP_std", "rank1_std", "seeds": [...]}}`` (fractions)."""
     table = {}
@@ -228,7 +217,7 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
         "zero_shot": {m: {"mAP": r["mAP"], "rank1": r["rank1"], "mAP_std": r["mAP_std"],
                           "rank1_std": r["rank1_std"], "seeds": r["seeds"],
                           "same_camera_top1": r.get("same_camera_top1")} for m, r in table.items()},
-        "chance_same_camera_top1": chance_same_camera(world),
+        "chance_same_camera_top1": figures.chance_same_camera(world),
         "denoising": {"extractor": "stripe colour histogram (cion.handcrafted), no training",
                       "thresholds": {k: den["thresholds"][k] for k in ("sigma_cst", "sigma_drm")},
                       "calibration_quantile": plan.calibrate_quantile,

@@ -11,9 +11,9 @@ def plot_levels(stats: list[dict], out: str | Path, title: str = "CION denoising
     ``{"precision", "recall"}`` dict per stage, e.g. from
     :func:`cion.denoise.metrics.pairwise_precision_recall` against ground truth) a fifth panel
     shows pairwise precision and recall. Returns the PNG path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cion.plotting import pyplot, save_figure
+
+    plt = pyplot()
 
     names = [s["level"] for s in stats]
     x = range(len(names))
@@ -47,7 +47,4 @@ def plot_levels(stats: list[dict], out: str | Path, title: str = "CION denoising
         a.set_xticklabels(names)
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

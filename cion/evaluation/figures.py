@@ -7,14 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from cion.plotting import pyplot, save_figure
 
 
 def _thumb(path: str, size=(128, 64)) -> np.ndarray:
@@ -38,7 +31,7 @@ def plot_ranked_lists(query_paths: Sequence[str], gallery_paths: Sequence[str],
         hits: (R, k) bool, True where the gallery item has the query's identity.
         labels: (R,) text beside each query (e.g. "AP 0.12").
     """
-    plt = _plt()
+    plt = pyplot()
     r, k = ranked.shape
     fig, axes = plt.subplots(r, k + 1, figsize=(1.0 * (k + 1), 2.0 * r + 0.4), squeeze=False)
     for i in range(r):  # a handful of rows of thumbnails: drawing is per image by nature
@@ -65,11 +58,7 @@ def plot_ranked_lists(query_paths: Sequence[str], gallery_paths: Sequence[str],
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)
 
 
 def plot_tsne(features: np.ndarray, identities: np.ndarray, is_query: np.ndarray,
@@ -79,7 +68,7 @@ def plot_tsne(features: np.ndarray, identities: np.ndarray, is_query: np.ndarray
     images; distractors and junk left out); colour = identity, star = query, dot = gallery."""
     from sklearn.manifold import TSNE
 
-    plt = _plt()
+    plt = pyplot()
     ids = np.asarray(identities)
     uniq, counts = np.unique(ids[ids > 0], return_counts=True)
     order = np.lexsort((uniq, -counts))              # most images first, ties by id
@@ -105,16 +94,12 @@ def plot_tsne(features: np.ndarray, identities: np.ndarray, is_query: np.ndarray
     ax.set_yticks([])
     ax.set_title(f"{title} ({len(chosen)} identities; star = query)", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_cmc(cmc: np.ndarray, out: str | os.PathLike, label: str, extra: dict | None = None) -> Path:
     """CMC curve (rank 1..len) of one or more runs; ``extra`` maps label -> another curve."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, curve in {label: cmc, **(extra or {})}.items():
         ax.plot(np.arange(1, len(curve) + 1), 100 * np.asarray(curve), label=name)
@@ -124,7 +109,4 @@ def plot_cmc(cmc: np.ndarray, out: str | os.PathLike, label: str, extra: dict | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
