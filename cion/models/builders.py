@@ -3,7 +3,8 @@
 Every builder returns an ``nn.Module`` mapping (B, 3, H, W) float images to (B, D) features
 (``num_classes=0``: no classifier). Differences from plain timm, each matching the authors' code:
 
-- ResNet / ResNet-IBN: ``layer4`` stride 1; IBN-a (ours, :mod:`cion.models.ibn`) in layer1-3.
+- ResNet / ResNet-IBN: ``layer4`` stride 1; IBN-a (ours, :mod:`cion.models.ibn`) in layer1-3;
+  residual branches not zero-initialised (DINO's torchvision ResNet, IBN-Net).
 - ViT: the ICS convolutional stem (:mod:`cion.models.vit_ics`); position embeddings resampled
   on the fly for other input sizes (``dynamic_img_size``).
 - Swin: window 8, ``always_partition`` (windows never clamped), dynamic attention masks so
@@ -36,7 +37,15 @@ def _timm(name: str, **kw) -> nn.Module:
 
 
 def build_resnet(timm_name: str, img_size, ibn: bool = False, **kw) -> nn.Module:
-    """ResNet with last stride 1; ``ibn=True`` gives IBN-a. Output width 512 (R18) or 2048."""
+    """ResNet with last stride 1; ``ibn=True`` gives IBN-a. Output width 512 (R18) or 2048.
+
+    The last BatchNorm of each residual block starts at weight 1, not 0 (timm's
+    ``zero_init_last``): DINO's and IBN-Net's initialisation. Zero-initialised residual
+    branches make a from-scratch self-distillation stall: on the synthetic world the teacher
+    drifts to the uniform output and zero-shot mAP stays at random level, while the same run
+    without it gains 11 points (``benchmarks/pretrain_synth.py``, issue-6 note).
+    """
+    kw.setdefault("zero_init_last", False)
     model = set_last_stride_1(_timm(timm_name, **kw))
     if ibn:
         convert_resnet_to_ibn_a(model)

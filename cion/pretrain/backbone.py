@@ -24,7 +24,7 @@ def _test_model(arch: str, img_size: tuple[int, int]) -> nn.Module:
 
     if arch == "test_resnet":      # BatchNorm CNN, 4 stages of one block, ~0.2M parameters
         m = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=0, channels=(16, 32, 64, 64),
-                   stem_width=16)
+                   stem_width=16, zero_init_last=False)  # see cion.models.builders.build_resnet
     else:                          # LayerNorm ViT, 2 blocks of width 64, patch 8
         m = VisionTransformer(img_size=img_size, patch_size=8, embed_dim=64, depth=2,
                               num_heads=2, num_classes=0, dynamic_img_size=True)
