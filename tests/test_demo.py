@@ -32,12 +32,12 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     assert exit_info.value.code in (0, None)
     results = json.loads((out / "results.json").read_text())
     zs = results["zero_shot"]
-    assert set(zs) == {"random", "instance", "tracklet", "cion_video", "cion"}
+    assert set(zs) == {"random", "instance", "tracklet", "cion_video", "cion", "oracle"}
     for row in zs.values():
         assert 0.0 <= row["mAP"] <= 1.0 and 0.0 <= row["rank1"] <= 1.0
     # the trained runs really trained: each wrote a backbone and took the whole budget
     trained = [r for r in results["runs"] if r["method"] != "random"]
-    assert len(trained) == 4 and all(r["steps"] == results["plan"]["steps"] for r in trained)
+    assert len(trained) == 5 and all(r["steps"] == results["plan"]["steps"] for r in trained)
     # denoising stages against ground truth: raw, then the three levels
     stages = results["denoising"]["stages"]
     assert [s["level"] for s in stages] == ["raw", "tracklet", "video", "cross"]
@@ -47,6 +47,7 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
         assert (out / rel).stat().st_size > 1000, name
         assert rel in report or name.startswith("tsne") or name.startswith("ranked"), name
     assert "Does the paper's ordering hold?" in report
+    assert "true identities (a perfect denoiser)" in report          # the oracle's reading
 
 
 def test_demo_refuses_an_unwritable_out(tmp_path, capsys):

@@ -10,7 +10,7 @@ from cion.demo.plan import METHODS, DemoPlan
 from cion.plotting import pyplot, save_figure
 
 COLOURS = {"random": "#7f7f7f", "instance": "#1f77b4", "tracklet": "#ff7f0e",
-           "cion_video": "#2ca02c", "cion": "#d62728"}
+           "cion_video": "#2ca02c", "cion": "#d62728", "oracle": "#9467bd"}
 
 
 def plot_curves(runs: list[dict], out: Path) -> Path:

@@ -18,8 +18,10 @@ METHODS = {
     "tracklet": "tracklet-level: raw tracklets as identities, no denoising",
     "cion_video": "CION, single-tracklet + single-video denoising (levels 1-2)",
     "cion": "full CION: + cross-video sliding range and closure (levels 1-3)",
+    "oracle": "ceiling: CION's loss on the world's true identities, i.e. a perfect denoiser "
+              "(only a synthetic world has them)",
 }
-TRAINED = ("instance", "tracklet", "cion_video", "cion")
+TRAINED = ("instance", "tracklet", "cion_video", "cion", "oracle")
 
 
 @dataclass

@@ -186,7 +186,8 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
     labels_dir = out / "labels"
     labels_dir.mkdir(exist_ok=True)
     sources = {"instance": np.arange(len(df)), "tracklet": den["labels"]["raw"],
-               "cion_video": den["labels"]["video"], "cion": den["labels"]["cross"]}
+               "cion_video": den["labels"]["video"], "cion": den["labels"]["cross"],
+               "oracle": df["true_identity"].to_numpy(np.int64)}   # -1 (false detection): dropped
     manifests = {}
     for method, lab in sources.items():
         manifests[method] = labels_dir / f"{method}.parquet"
