@@ -21,6 +21,11 @@ def test_ordering_verdicts_use_the_seed_spread():
     assert v["cion > tracklet"]["gap"] == pytest.approx(0.05)
     one = {m: dict(r, seeds=[{}]) for m, r in zs.items()}
     assert ordering(one)["cion > tracklet"]["beyond_spread"] is None
+    # paired (same seed) differences
+    paired = {m: dict(r, seeds=[{"seed": 0, "mAP": r["mAP"] + d}, {"seed": 1, "mAP": r["mAP"] - d}])
+              for (m, r), d in zip(zs.items(), (0.01, -0.03, 0.0, 0.0))}
+    gaps = ordering(paired)["cion > tracklet"]["per_seed"]
+    assert gaps == pytest.approx([0.09, 0.01])
 
 
 def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
