@@ -37,7 +37,7 @@ def _reading(zs: dict, den: dict, verdicts: dict) -> list[str]:
     step of the ordering that fails or stays within the seed spread."""
     out = []
     if "oracle" in zs and "cion" in zs:
-        last = den["stages"][-1]
+        first, last = den["stages"][0], den["stages"][-1]
         out += ["", f"With the world's true identities (a perfect denoiser) the same loss and "
                 f"budget reach {_pct(zs['oracle']['mAP'])}% mAP, against "
                 f"{_pct(zs['cion']['mAP'])}% for full CION"
@@ -46,7 +46,8 @@ def _reading(zs: dict, den: dict, verdicts: dict) -> list[str]:
                 + ". Identity-guided self-distillation turns correct cross-video identities into "
                 "ReID features; what limits CION here is how much of the identity correlation "
                 f"the denoiser recovers: pairwise recall {last['recall']:.2f} at precision "
-                f"{last['precision']:.2f} after the last level, most of it within tracklets."]
+                f"{last['precision']:.2f} after the last level, against {first['recall']:.2f} "
+                "for the raw tracklets alone."]
     weak = [step for step, v in verdicts.items() if not v["holds"] or v["beyond_spread"] is False]
     if "tracklet > instance" in weak:
         out += ["", "Tracklet against instance: one raw tracklet image in ten is an ID switch or "

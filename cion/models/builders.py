@@ -40,10 +40,11 @@ def build_resnet(timm_name: str, img_size, ibn: bool = False, **kw) -> nn.Module
     """ResNet with last stride 1; ``ibn=True`` gives IBN-a. Output width 512 (R18) or 2048.
 
     The last BatchNorm of each residual block starts at weight 1, not 0 (timm's
-    ``zero_init_last``): DINO's and IBN-Net's initialisation. Zero-initialised residual
-    branches make a from-scratch self-distillation stall: on the synthetic world the teacher
-    drifts to the uniform output and zero-shot mAP stays at random level, while the same run
-    without it gains 11 points (``benchmarks/pretrain_synth.py``, issue-6 note).
+    ``zero_init_last``): DINO's and IBN-Net's initialisation. With zero-initialised residual
+    branches, from-scratch self-distillation of the demo's small ResNet on the synthetic world
+    stayed at random zero-shot mAP and cross-camera positives drove the teacher to the uniform
+    output; starting them at 1, the same true-identity run gained 11 points
+    (``tests/test_pretrain_learns.py`` guards it).
     """
     kw.setdefault("zero_init_last", False)
     model = set_last_stride_1(_timm(timm_name, **kw))
