@@ -26,7 +26,6 @@ import argparse
 import glob
 import importlib.util
 import json
-import os
 import resource
 import subprocess
 import sys
