@@ -53,6 +53,7 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
         assert rel in report or name.startswith("tsne") or name.startswith("ranked"), name
     assert "Does the paper's ordering hold?" in report
     assert "true identities (a perfect denoiser)" in report          # the oracle's reading
+    assert "**Quick run**" in report                                  # no comparison at 80 steps
 
 
 def test_demo_refuses_an_unwritable_out(tmp_path, capsys):

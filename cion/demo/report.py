@@ -97,8 +97,12 @@ def write_report(path: Path, results: dict, runs: list[dict]) -> Path:
               f"![denoising]({figs['denoising']})", "",
               "## 2. Pre-training methods, same backbone, same data, same budget", ""]
     lines += [f"- **{m}**: {d}" for m, d in METHODS.items()]
-    lines += ["", "## 3. Zero-shot retrieval on the benchmark", "",
-              "| method | mAP (%) | rank-1 (%) | per seed mAP | top-1 from the query's camera (%) |",
+    lines += ["", "## 3. Zero-shot retrieval on the benchmark", ""]
+    if plan["quick"]:
+        lines += [f"**Quick run**: {plan['steps']} steps only test that the flow works; they are "
+                  "too few to train, so the scores below are no comparison. Run `cion demo` "
+                  "without `--quick` for that.", ""]
+    lines += ["| method | mAP (%) | rank-1 (%) | per seed mAP | top-1 from the query's camera (%) |",
               "|---|---|---|---|---|"]
     for m in METHODS:
         if m in zs:
