@@ -10,7 +10,9 @@ JSON line: zero-shot mAP / rank-1 on the benchmark, the loss at the start and th
 Labellings: the demo's own (``instance``, ``tracklet``, ``cion_video``, ``cion``, ``oracle``)
 and ``clean_tracklet``: the raw tracklets with their ID-switch and false-detection images
 dropped (ground truth), which separates what tracklet noise costs from what tracklets give.
-``--set key=value`` overrides recipe values (YAML syntax), e.g. ``base_lr=2e-3``.
+``--set key=value`` overrides recipe values (YAML syntax), e.g. ``base_lr=2e-3``;
+``--curriculum 0:2,0.4:4,0.6:6,0.8:8`` replaces the images-per-identity schedule ((fraction of
+the budget, K) pairs; this one is the paper's).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def main() -> None:
                     choices=["instance", "tracklet", "clean_tracklet", "cion_video", "cion", "oracle"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--curriculum", default=None, metavar="FRAC:K,...")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_ablation"))
     args = ap.parse_args()
 
@@ -58,15 +61,23 @@ def main() -> None:
         if not sep or key not in recipe:
             raise CionError(f"--set {item}: expected KEY=VALUE with KEY one of {sorted(recipe)}")
         recipe[key] = yaml.safe_load(value)
+    curriculum = [list(c) for c in plan.curriculum]
+    if args.curriculum:
+        try:
+            curriculum = [[float(f), int(k)] for f, k in (p.split(":") for p in args.curriculum.split(","))]
+        except ValueError:
+            raise CionError(f"--curriculum {args.curriculum}: expected FRACTION:K pairs separated "
+                            "by commas, e.g. 0:2,0.4:4,0.6:6,0.8:8") from None
     run = pretrain_and_evaluate({
         "method": args.labels, "seed": args.seed, "manifest": str(manifest),
         "root": str(args.demo / "world" / "pretrain"), "config": recipe, "steps": plan.steps,
-        "curriculum": [list(c) for c in plan.curriculum],
+        "curriculum": curriculum,
         "run_dir": str(args.out / f"{args.labels}_seed{args.seed}"),
         "market": str(args.demo / "world" / "market"), "threads": 1})
     losses = [loss for _, loss, _ in run["losses"]]
     n = max(1, len(losses) // 5)
     print(json.dumps({"labels": args.labels, "seed": args.seed, "set": args.set,
+                      "curriculum": curriculum,
                       "mAP": round(100 * run["mAP"], 2), "rank1": round(100 * run["rank1"], 2),
                       "loss_first_fifth": round(sum(losses[:n]) / n, 3),
                       "loss_last_fifth": round(sum(losses[-n:]) / n, 3),

@@ -33,7 +33,8 @@ class DemoPlan:
     image_size: tuple[int, int]
     seeds: tuple[int, ...]
     steps: int                       # optimiser steps per pre-training run (same for all methods)
-    curriculum: tuple = ((0.0, 2), (0.5, 4))   # (fraction of the budget, images per identity K)
+    # (fraction of the budget, images per identity K): the paper's 2 -> 4 -> 6 -> 8 at 40/60/80%
+    curriculum: tuple = ((0.0, 2), (0.4, 4), (0.6, 6), (0.8, 8))
     calibrate_quantile: float = 0.8  # denoising thresholds read off the extractor's distances
     tsne_identities: int = 15
     recipe: Path = RECIPE
