@@ -41,7 +41,6 @@ def main() -> None:
 
     from cion.demo.jobs import pretrain_and_evaluate
     from cion.demo.plan import demo_plan
-    from cion.errors import CionError
 
     results = args.demo / "results.json"
     if not results.exists():
@@ -59,15 +58,15 @@ def main() -> None:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in recipe:
-            raise CionError(f"--set {item}: expected KEY=VALUE with KEY one of {sorted(recipe)}")
+            raise SystemExit(f"--set {item}: expected KEY=VALUE with KEY one of {sorted(recipe)}")
         recipe[key] = yaml.safe_load(value)
     curriculum = [list(c) for c in plan.curriculum]
     if args.curriculum:
         try:
             curriculum = [[float(f), int(k)] for f, k in (p.split(":") for p in args.curriculum.split(","))]
         except ValueError:
-            raise CionError(f"--curriculum {args.curriculum}: expected FRACTION:K pairs separated "
-                            "by commas, e.g. 0:2,0.4:4,0.6:6,0.8:8") from None
+            raise SystemExit(f"--curriculum {args.curriculum}: expected FRACTION:K pairs separated "
+                             "by commas, e.g. 0:2,0.4:4,0.6:6,0.8:8") from None
     run = pretrain_and_evaluate({
         "method": args.labels, "seed": args.seed, "manifest": str(manifest),
         "root": str(args.demo / "world" / "pretrain"), "config": recipe, "steps": plan.steps,
