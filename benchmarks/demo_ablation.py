@@ -41,6 +41,7 @@ def main() -> None:
 
     from cion.demo.jobs import pretrain_and_evaluate
     from cion.demo.plan import demo_plan
+    from cion.demo.runner import demo_job, demo_recipe
 
     results = args.demo / "results.json"
     if not results.exists():
@@ -54,29 +55,27 @@ def main() -> None:
     manifest.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(manifest, index=False)
 
-    recipe = yaml.safe_load(plan.recipe.read_text())
+    recipe = demo_recipe(plan)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in recipe:
             raise SystemExit(f"--set {item}: expected KEY=VALUE with KEY one of {sorted(recipe)}")
         recipe[key] = yaml.safe_load(value)
-    curriculum = [list(c) for c in plan.curriculum]
+    curriculum = None
     if args.curriculum:
         try:
             curriculum = [[float(f), int(k)] for f, k in (p.split(":") for p in args.curriculum.split(","))]
         except ValueError:
             raise SystemExit(f"--curriculum {args.curriculum}: expected FRACTION:K pairs separated "
                              "by commas, e.g. 0:2,0.4:4,0.6:6,0.8:8") from None
-    run = pretrain_and_evaluate({
-        "method": args.labels, "seed": args.seed, "manifest": str(manifest),
-        "root": str(args.demo / "world" / "pretrain"), "config": recipe, "steps": plan.steps,
-        "curriculum": curriculum,
-        "run_dir": str(args.out / f"{args.labels}_seed{args.seed}"),
-        "market": str(args.demo / "world" / "market"), "threads": 1})
+    job = demo_job(plan, args.labels, args.seed, manifest, str(args.demo / "world" / "pretrain"),
+                   args.demo / "world", args.out / f"{args.labels}_seed{args.seed}", recipe,
+                   curriculum)
+    run = pretrain_and_evaluate(job)
     losses = [loss for _, loss, _ in run["losses"]]
     n = max(1, len(losses) // 5)
     print(json.dumps({"labels": args.labels, "seed": args.seed, "set": args.set,
-                      "curriculum": curriculum,
+                      "curriculum": job["curriculum"],
                       "mAP": round(100 * run["mAP"], 2), "rank1": round(100 * run["rank1"], 2),
                       "loss_first_fifth": round(sum(losses[:n]) / n, 3),
                       "loss_last_fifth": round(sum(losses[-n:]) / n, 3),

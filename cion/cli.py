@@ -250,12 +250,13 @@ def zoo_export(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output directory (created)."),
-    quick: bool = typer.Option(False, "--quick", help="Small world, one seed, short runs: about 2 minutes."),
+    quick: bool = typer.Option(False, "--quick", help="Small world, one seed, 80 steps: about a minute "
+                               "(a smoke test; its scores are no comparison)."),
     seed: int = typer.Option(0, help="Seed of the world and of the first pre-training run."),
     workers: Optional[int] = typer.Option(None, help="Pre-training runs in parallel (default 2)."),
 ) -> None:
     """The whole CION flow on the synthetic world: world -> features -> denoising ->
-    pre-training of 4 methods (+ random init) -> zero-shot evaluation -> report.md,
+    pre-training of 5 labellings (+ random init) -> zero-shot evaluation -> report.md,
     results.json and figures in OUT."""
     from cion.demo import run_demo
 

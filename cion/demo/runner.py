@@ -64,20 +64,28 @@ def denoise_levels(df: pd.DataFrame, features: np.ndarray, plan: DemoPlan) -> di
     return {"thresholds": th, "labels": labels, "stats": stats, "quality": quality}
 
 
-def _jobs(plan: DemoPlan, out: Path, world: Path, manifests: dict, root: str) -> list[dict]:
+def demo_recipe(plan: DemoPlan) -> dict:
+    """The plan's pre-training recipe (YAML) with its overrides applied."""
     import yaml
 
-    recipe = yaml.safe_load(plan.recipe.read_text())
-    recipe.update(plan.overrides)
-    jobs = []
-    for seed in plan.seeds:
-        for method in TRAINED:
-            jobs.append({"method": method, "seed": seed, "manifest": str(manifests[method]),
-                         "root": root, "config": recipe, "steps": plan.steps,
-                         "curriculum": [list(c) for c in plan.curriculum],
-                         "run_dir": str(out / "runs" / f"{method}_seed{seed}"),
-                         "market": str(world / "market"), "threads": 1})
-    return jobs
+    return {**yaml.safe_load(plan.recipe.read_text()), **plan.overrides}
+
+
+def demo_job(plan: DemoPlan, method: str, seed: int, manifest: Path, root: str, world: Path,
+             run_dir: Path, recipe: dict | None = None, curriculum=None) -> dict:
+    """One job for :func:`cion.demo.jobs.pretrain_and_evaluate`, as the demo runs it;
+    ``recipe`` / ``curriculum`` default to the plan's."""
+    return {"method": method, "seed": seed, "manifest": str(manifest), "root": root,
+            "config": demo_recipe(plan) if recipe is None else recipe, "steps": plan.steps,
+            "curriculum": [list(c) for c in (curriculum or plan.curriculum)],
+            "run_dir": str(run_dir), "market": str(world / "market"), "threads": 1}
+
+
+def _jobs(plan: DemoPlan, out: Path, world: Path, manifests: dict, root: str) -> list[dict]:
+    recipe = demo_recipe(plan)
+    return [demo_job(plan, method, seed, manifests[method], root, world,
+                     out / "runs" / f"{method}_seed{seed}", recipe)
+            for seed in plan.seeds for method in TRAINED]
 
 
 def run_jobs(jobs: list[dict], workers: int, log: Callable[[str], None]) -> list[dict]:
