@@ -109,6 +109,39 @@ def test_noise_rates_match_request(rates):
     assert (stats["extra_tracklets_from_fragmentation"] >= stats["fragmented_appearances"])
 
 
+def test_tracks_turn_and_change_light_without_changing_anything_else():
+    base = dict(identities=40, videos=10, seed=2)
+    still = plan_world(WorldConfig(**base, turn_rate=0, light_ramp=0, tint_ramp=0, detail_ramp=0))
+    moving = plan_world(WorldConfig(**base, turn_rate=1.0))
+    assert still.pretrain_rows == moving.pretrain_rows          # same people, videos, noise
+    assert still.bench_shots == moving.bench_shots              # the benchmark is untouched
+    rows = pd.DataFrame(still.pretrain_rows)
+    person = (rows["noise"] == "none").to_numpy()
+    shots_still = [s for s, k in zip(still.pretrain_shots, person) if k]
+    shots_moving = [s for s, k in zip(moving.pretrain_shots, person) if k]
+    assert all(s.tint == (1.0, 1.0, 1.0) and s.detail == 1.0 for s in shots_still)
+    quarter = {frozenset(p) for p in (("front", "left"), ("front", "right"), ("back", "left"),
+                                      ("back", "right"))}
+    tracks = rows[person].groupby(["video", "tracklet"]).indices
+    turned = 0
+    for idx in tracks.values():
+        views = [shots_moving[i].view for i in idx]
+        changes = [(a, b) for a, b in zip(views, views[1:]) if a != b]
+        assert len(changes) <= 2 and all(frozenset(c) in quarter for c in changes)
+        turned += bool(changes)
+        light = np.array([shots_moving[i].brightness for i in idx])
+        assert ((light > 0.75 * 0.92 - 1e-9) & (light < 1.25 * 1.08 + 1e-9)).all()
+        detail = np.array([shots_moving[i].detail for i in idx])
+        assert ((detail >= 0.5) & (detail <= 1.0)).all()
+        red_over_blue = np.array([shots_moving[i].tint[0] / shots_moving[i].tint[2] for i in idx])
+        assert (np.log(red_over_blue) <= 0.3 + 1e-9).all() and (np.log(red_over_blue) >= -0.3 - 1e-9).all()
+        if len(idx) >= 3:   # a linear ramp over the track's frames
+            frame = rows[person]["frame"].to_numpy()[idx].astype(float)
+            fit = np.polyval(np.polyfit(frame, np.log(red_over_blue), 1), frame)
+            assert np.allclose(fit, np.log(red_over_blue), atol=1e-9)
+    assert turned > 0.3 * len(tracks)
+
+
 def test_benchmark_is_market_layout(tiny_world):
     qf, qp, qc = _market(tiny_world, "query")
     gf, gp, gc = _market(tiny_world, "bounding_box_test")

@@ -57,6 +57,18 @@ def sample_look(rng: np.random.Generator) -> CameraLook:
     )
 
 
+def soften_look(look: CameraLook, strength: float) -> CameraLook:
+    """Move a look towards a neutral camera: ``strength`` 1 keeps it, 0 gives unit gain and
+    contrast, no haze, no blur and full resolution (noise, JPEG, occlusion, views and scene
+    colours are kept)."""
+    from dataclasses import replace
+
+    s = float(strength)
+    return replace(look, gain=tuple(1.0 + s * (g - 1.0) for g in look.gain),
+                   contrast=1.0 + s * (look.contrast - 1.0), haze=s * look.haze,
+                   blur=s * look.blur, resolution=1.0 - s * (1.0 - look.resolution))
+
+
 def sample_view(rng: np.random.Generator, look: CameraLook) -> str:
     return VIEWS[rng.choice(4, p=look.views)]
 
@@ -84,17 +96,23 @@ def make_scene(rng: np.random.Generator, look: CameraLook, height: int, width: i
 
 
 def apply_camera(image: Image.Image, look: CameraLook, rng: np.random.Generator,
-                 noise_bank: np.ndarray, brightness: float = 1.0) -> Image.Image:
-    """Pass a clean RGB crop through the camera's imaging chain (everything but JPEG)."""
+                 noise_bank: np.ndarray, brightness: float = 1.0, tint=(1.0, 1.0, 1.0),
+                 detail: float = 1.0) -> Image.Image:
+    """Pass a clean RGB crop through the camera's imaging chain (everything but JPEG).
+
+    ``brightness`` and ``tint`` (RGB gains) are the scene's light at that moment, ``detail``
+    scales the camera's resolution (a person far from the camera is a blurrier crop)."""
     h, w = image.height, image.width
     scale = h / 128.0
     if look.blur > 0:
         image = image.filter(ImageFilter.GaussianBlur(look.blur * scale))
-    if look.resolution < 0.97:
-        small = (max(4, round(w * look.resolution)), max(8, round(h * look.resolution)))
+    resolution = look.resolution * detail
+    if resolution < 0.97:
+        small = (max(4, round(w * resolution)), max(8, round(h * resolution)))
         image = image.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
     x = np.asarray(image, dtype=np.float32)
-    gain = np.asarray(look.gain, dtype=np.float32) * (look.contrast * brightness)
+    gain = np.asarray(look.gain, dtype=np.float32) * np.asarray(tint, dtype=np.float32) \
+        * (look.contrast * brightness)
     offset = (128.0 * (1.0 - look.contrast) + look.haze) * brightness
     oy = int(rng.integers(noise_bank.shape[0] - h + 1))
     ox = int(rng.integers(noise_bank.shape[1] - w + 1))

@@ -11,6 +11,14 @@ Tracking noise with ground truth:
 * ID switch: a contiguous run of a tracklet's frames shows another person of the same video;
 * false detection: a short run of frames shows background or a partial body crop.
 
+A track is not one view of one pose: the walker may turn (the viewpoint changes once or twice,
+e.g. front -> side -> back as someone passes the camera), walks from sun into shade or back (the
+brightness and the colour temperature ramp over the track: shade is darker and bluer) and comes
+closer or goes away (the detail ramps: a far person is a blurrier crop). These are what frames
+of one person give that augmented copies of one image do not. They are drawn from their own
+random stream, so switching them off (``turn_rate=0, light_ramp=0, tint_ramp=0,
+detail_ramp=0``) gives the same people, videos and noise.
+
 Noise never takes half a tracklet, so each tracklet has a well-defined main identity.
 
 Output B (benchmark): Market-1501 protocol with identities disjoint from A.
@@ -23,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cion.data.synth.appearance import Person, sample_people
-from cion.data.synth.camera import CameraLook, sample_look, sample_view
+from cion.data.synth.camera import CameraLook, sample_look, sample_view, soften_look
 from cion.errors import CionError
 
 PERSON, BACKGROUND, PARTIAL = 0, 1, 2
@@ -43,6 +51,11 @@ class WorldConfig:
     fragment_rate: float = 0.25      #: share of A's appearances split into several tracklets
     appearances_per_identity: float = 3.0  #: mean number of videos an A identity appears in
     frames_per_appearance: tuple = (10, 24)  #: frames of one track (min, max)
+    turn_rate: float = 0.5           #: share of A's tracks in which the walker turns (new view)
+    light_ramp: float = 0.25         #: brightness over a track ramps between 1 -/+ this
+    tint_ramp: float = 0.15          #: colour temperature ramps between log(R/G) = -/+ this
+    detail_ramp: float = 0.5         #: detail (effective resolution) ramps between 1 - this and 1
+    look_strength: float = 1.0       #: how far cameras are from neutral (1: full, 0: identical)
     seed: int = 0
 
     def check(self) -> None:
@@ -61,6 +74,11 @@ class WorldConfig:
             (self.appearances_per_identity >= 1, "appearances_per_identity must be at least 1"),
             (4 <= self.frames_per_appearance[0] <= self.frames_per_appearance[1],
              "frames_per_appearance must be (min, max) with 4 <= min <= max"),
+            (0 <= self.turn_rate <= 1, f"turn_rate must be in [0, 1] (got {self.turn_rate})"),
+            (0 <= self.light_ramp <= 0.5, f"light_ramp must be in [0, 0.5] (got {self.light_ramp})"),
+            (0 <= self.tint_ramp <= 0.5, f"tint_ramp must be in [0, 0.5] (got {self.tint_ramp})"),
+            (0 <= self.detail_ramp <= 0.8, f"detail_ramp must be in [0, 0.8] (got {self.detail_ramp})"),
+            (0 <= self.look_strength <= 1, f"look_strength must be in [0, 1] (got {self.look_strength})"),
         ]
         h, w = self.image_size
         rules.append((h >= 16 and w >= 8 and h <= 1024 and w <= 512,
@@ -85,6 +103,8 @@ class Shot:
     dx: float            # horizontal offset, fraction of crop width
     dy: float            # vertical offset, fraction of crop height
     brightness: float
+    tint: tuple = (1.0, 1.0, 1.0)   # per-channel light colour (RGB gains)
+    detail: float = 1.0              # share of the camera's resolution (distance to the camera)
 
 
 @dataclass
@@ -102,11 +122,54 @@ class World:
     stats: dict = field(default_factory=dict)
 
 
-def _shot(rng, kind, person, look, scene, pos, view, phase, scale) -> Shot:
-    """Add detector-like crop jitter to a clean shot."""
+@dataclass(frozen=True)
+class Light:
+    """The conditions of one frame of a track: brightness factor, RGB tint, detail."""
+
+    brightness: float = 1.0
+    tint: tuple = (1.0, 1.0, 1.0)
+    detail: float = 1.0
+
+
+def _shot(rng, kind, person, look, scene, pos, view, phase, scale, light: Light = Light()) -> Shot:
+    """Add detector-like crop jitter to a clean shot taken under ``light``."""
     return Shot(kind, person, look, scene, float(np.clip(pos, 0, 1)), view, float(phase),
                 float(scale * rng.uniform(0.93, 1.07)), float(rng.normal(0, 0.04)),
-                float(rng.normal(0, 0.025)), float(rng.uniform(0.92, 1.08)))
+                float(rng.normal(0, 0.025)), float(light.brightness * rng.uniform(0.92, 1.08)),
+                light.tint, light.detail)
+
+
+#: viewpoints a walker reaches by turning a quarter (front/back <-> left/right)
+_QUARTER_TURNS = {"front": ("left", "right"), "back": ("left", "right"),
+                  "left": ("front", "back"), "right": ("front", "back")}
+
+
+def _walk(rng, n: int, first_view: str, cfg: WorldConfig) -> tuple[list[str], list[Light]]:
+    """Per-frame viewpoints and light of one track of ``n`` frames.
+
+    With probability ``cfg.turn_rate`` the walker turns a quarter once (at a random frame in
+    the middle half of the track), and a third of those turns a second quarter, e.g. front ->
+    left -> back. Brightness, colour temperature and detail each ramp linearly between two
+    values drawn for the track's ends: brightness in [1 -/+ light_ramp], log(R/G) = -log(B/G)
+    in [-/+ tint_ramp] (warm sun, blue shade), detail in [1 - detail_ramp, 1].
+    Returns (views, lights), n of each.
+    """
+    views = [first_view] * n
+    if rng.random() < cfg.turn_rate and n >= 4:
+        turns = 2 if rng.random() < 1 / 3 and n >= 8 else 1
+        cuts = np.sort(rng.choice(np.arange(n // 4, n - n // 4 + 1), size=turns, replace=False))
+        view = first_view
+        for cut in cuts:
+            view = str(rng.choice(_QUARTER_TURNS[view]))
+            views[int(cut):] = [view] * (n - int(cut))
+    ramp = np.linspace(0.0, 1.0, n)[:, None]
+    ends = np.stack([rng.uniform(1 - cfg.light_ramp, 1 + cfg.light_ramp, 2),
+                     rng.uniform(-cfg.tint_ramp, cfg.tint_ramp, 2),
+                     rng.uniform(1 - cfg.detail_ramp, 1.0, 2)], axis=1)        # (2, 3)
+    frames = ends[0] + (ends[1] - ends[0]) * ramp                                 # (n, 3)
+    lights = [Light(float(b), tuple(float(g) for g in np.exp([t, 0.0, -t])), float(d))
+              for b, t, d in frames]
+    return views, lights
 
 
 def _noise_shot(rng, world: World, look: int, scene: int, members: list[int]) -> Shot:
@@ -171,12 +234,13 @@ def plan_pretrain(world: World, rng: np.random.Generator, first_look: int) -> No
     """Fill ``world.pretrain_rows`` / ``pretrain_shots`` for output A."""
     cfg = world.config
     V, C = cfg.videos, cfg.cameras
+    motion = np.random.default_rng([cfg.seed, 7])   # turns and light: their own stream
     video_cam = rng.permutation(np.arange(V) % C)
     members = _assign_videos(rng, cfg, video_cam)
     n_apps = sum(len(m) for m in members)
     fragmented = set(rng.choice(n_apps, size=int(round(cfg.fragment_rate * n_apps)), replace=False).tolist())
 
-    tracklets = []  # (video, [(frame, shot), ...], main identity)
+    tracklets = []  # (video, [(frame, shot, light), ...], main identity)
     app_index = 0
     lo, hi = cfg.frames_per_appearance
     views_in_video: dict[tuple[int, int], str] = {}
@@ -192,10 +256,13 @@ def plan_pretrain(world: World, rng: np.random.Generator, first_look: int) -> No
             views_in_video[(v, i)] = view
             phase0, dphase = rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 0.9) * stride
             pos0 = rng.uniform(0.1, 0.9)
-            drift = {"right": 0.02, "left": -0.02}.get(view, 0.004) * stride
             scale = rng.uniform(0.88, 1.04)
+            views, light = _walk(motion, n, view, cfg)
+            drift = np.array([{"right": 0.02, "left": -0.02}.get(w, 0.004) * stride for w in views])
+            pos = pos0 + np.concatenate([[0.0], np.cumsum(drift[:-1])])
             shots = [(start + k * stride,
-                      _shot(rng, PERSON, i, look, scene, pos0 + drift * k, view, phase0 + dphase * k, scale))
+                      _shot(rng, PERSON, i, look, scene, pos[k], views[k], phase0 + dphase * k,
+                            scale, light[k]), light[k])
                      for k in range(n)]
             for b, e in _split_track(rng, n, app_index in fragmented):
                 pieces_of_video.append((shots[b][0], shots[b:e], i))
@@ -206,8 +273,9 @@ def plan_pretrain(world: World, rng: np.random.Generator, first_look: int) -> No
     n_rows = sum(len(s) for _, s, _ in tracklets)
     noise = [["none"] * len(s) for _, s, _ in tracklets]
     truth = [[i] * len(s) for _, s, i in tracklets]
-    frames = [[f for f, _ in s] for _, s, _ in tracklets]
-    shots = [[sh for _, sh in s] for _, s, _ in tracklets]
+    frames = [[f for f, _, _ in s] for _, s, _ in tracklets]
+    shots = [[sh for _, sh, _ in s] for _, s, _ in tracklets]
+    lights = [[li for _, _, li in s] for _, s, _ in tracklets]
     budget_switch = int(round(cfg.switch_rate * n_rows))
     budget_fd = int(round(cfg.false_detection_rate * n_rows))
     cap = [(len(s) - 1) // 2 for s in shots]  # noise never reaches half a tracklet
@@ -242,7 +310,8 @@ def plan_pretrain(world: World, rng: np.random.Generator, first_look: int) -> No
                     base = shots[t][k]
                     if kind == "switch":
                         shots[t][k] = _shot(rng, PERSON, other, base.look, base.scene, base.scene_pos,
-                                            views_in_video[(v, other)], base.phase, base.scale)
+                                            views_in_video[(v, other)], base.phase, base.scale,
+                                            lights[t][k])
                         truth[t][k] = other
                     else:
                         shots[t][k] = _noise_shot(rng, world, base.look, base.scene, members[v])
@@ -373,7 +442,8 @@ def plan_world(cfg: WorldConfig) -> World:
     people_a = sample_people(streams[0], cfg.identities)
     n_distractor_people = max(4, cfg.bench_identities // 4)
     people_b = sample_people(streams[1], cfg.bench_identities + n_distractor_people)
-    looks = [sample_look(streams[2]) for _ in range(2 * cfg.cameras)]  # A's cameras, then B's
+    looks = [soften_look(sample_look(streams[2]), cfg.look_strength)
+             for _ in range(2 * cfg.cameras)]  # A's cameras, then B's
     world = World(cfg, people_a + people_b, looks, scenes=[])
     plan_pretrain(world, streams[3], first_look=0)
     plan_benchmark(world, np.random.default_rng([cfg.seed, 5]), first_person=cfg.identities,

@@ -67,7 +67,8 @@ class _Renderer:
             draw_person(draw, person, shot.view, shot.phase, w / 2 + shot.dx * w, top, height)
             if shot.kind == PERSON and rng.random() < look.occlusion:
                 _occlude(draw, rng, h, w)
-        return apply_camera(canvas, look, rng, self.noise_bank, shot.brightness)
+        return apply_camera(canvas, look, rng, self.noise_bank, shot.brightness, shot.tint,
+                            shot.detail)
 
     def write(self, shot: Shot, index: int, path: Path) -> None:
         rng = np.random.default_rng([self.world.config.seed, 13, index])
