@@ -50,6 +50,7 @@ class SupervisedConfig:
     seed: int = 0
     log_every: int = 50                   # steps between progress lines / history entries
     threads: int | None = None            # torch CPU threads during training (None: unchanged)
+    device: str = "cpu"                   # where training runs (e.g. "cuda"); the model returns on CPU
 
     @property
     def min_lr(self) -> float:
@@ -97,6 +98,12 @@ class SupervisedConfig:
             bad("log_every", "must be >= 1")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             bad("threads", "must be None (leave torch's setting) or an integer >= 1")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            bad("device", "must be a torch device name, e.g. 'cpu' or 'cuda'")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            bad("device", "asks for CUDA but torch sees no GPU here; use 'cpu'")
         return self
 
 
@@ -106,7 +113,8 @@ class FinetuneResult:
     pre-neck features); ``history``: one dict per logged step with ``step`` (optimiser steps
     done), ``loss``, ``ce``, ``triplet`` (means over the steps since the previous entry),
     ``lr`` (of the last of those steps) and ``seconds`` (since the start of training);
-    ``identities``: (C,) the dataset identity of each classifier class."""
+    ``identities``: (C,) the dataset identity of each classifier class. The model is on the CPU
+    whatever ``cfg.device`` trained it."""
     model: BNNeckModel
     history: list[dict] = field(default_factory=list)
     identities: np.ndarray | None = None
@@ -189,7 +197,8 @@ def finetune_supervised(backbone: nn.Module, dataset: pd.DataFrame,
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng([cfg.seed, 1])        # augmentation stream (sampler: seed)
         augment = TrainAugment(erasing_p=cfg.erasing_p)
-        model = BNNeckModel(backbone, n_classes).train()
+        device = torch.device(cfg.device)
+        model = BNNeckModel(backbone, n_classes).to(device).train()
         opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
         labels_t = torch.from_numpy(labels)
         history, sums, n_sum = [], np.zeros(3), 0
@@ -199,7 +208,8 @@ def finetune_supervised(backbone: nn.Module, dataset: pd.DataFrame,
                         warmup=min(cfg.warmup_steps, cfg.steps), warmup_start=cfg.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, y = augment(images[idx], rng), labels_t[idx]
+            x = augment(images[idx], rng).to(device, non_blocking=True)
+            y = labels_t[idx].to(device, non_blocking=True)
             features, logits = model(x)
             ce = smoothed_cross_entropy(logits, y, cfg.label_smoothing)
             tri = batch_hard_triplet(features, y, cfg.margin, cfg.soft_margin)
@@ -222,7 +232,7 @@ def finetune_supervised(backbone: nn.Module, dataset: pd.DataFrame,
                 break
     finally:
         torch.set_num_threads(threads_before)
-    model.eval()
+    model.cpu().eval()
     return FinetuneResult(model, history, identities)
 
 
