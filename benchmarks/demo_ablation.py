@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/demo_ablation.py --demo demo_out --labels instance --set base_lr=2e-3
 
 Runs exactly what ``cion demo`` runs for one method (same recipe, step budget, curriculum,
-evaluation), on the world and labels that ``cion demo --out DEMO`` left behind, and prints one
-JSON line: zero-shot mAP / rank-1 on the benchmark, the loss at the start and the end.
+evaluation, short fine-tune), on the world and labels that ``cion demo --out DEMO`` left behind,
+and prints one JSON line: zero-shot mAP / rank-1 on the benchmark, mAP after the fine-tune, the
+loss at the start and the end.
 
 Labellings: the demo's own (``instance``, ``tracklet``, ``cion_video``, ``cion``, ``oracle``)
 and ``clean_tracklet``: the raw tracklets with their ID-switch and false-detection images
@@ -77,6 +78,8 @@ def main() -> None:
     print(json.dumps({"labels": args.labels, "seed": args.seed, "set": args.set,
                       "curriculum": job["curriculum"],
                       "mAP": round(100 * run["mAP"], 2), "rank1": round(100 * run["rank1"], 2),
+                      "finetuned_mAP": (round(100 * run["finetuned"]["mAP"], 2)
+                                        if "finetuned" in run else None),
                       "loss_first_fifth": round(sum(losses[:n]) / n, 3),
                       "loss_last_fifth": round(sum(losses[-n:]) / n, 3),
                       "seconds": round(run["seconds"])}))

@@ -256,8 +256,8 @@ def demo(
     workers: Optional[int] = typer.Option(None, help="Pre-training runs in parallel (default 2)."),
 ) -> None:
     """The whole CION flow on the synthetic world: world -> features -> denoising ->
-    pre-training of 5 labellings (+ random init) -> zero-shot evaluation -> report.md,
-    results.json and figures in OUT."""
+    pre-training of 5 labellings (+ random init) -> zero-shot evaluation and a short
+    supervised fine-tune -> report.md, results.json and figures in OUT."""
     from cion.demo import run_demo
 
     run_demo(out, quick=quick, seed=seed, workers=workers)

@@ -19,6 +19,7 @@ def test_ordering_verdicts_use_the_seed_spread():
     assert v["tracklet > instance"]["holds"] and not v["tracklet > instance"]["beyond_spread"]
     assert not v["instance > random"]["holds"]
     assert v["cion > tracklet"]["gap"] == pytest.approx(0.05)
+    assert v["cion > instance"]["gap"] == pytest.approx(0.06) and v["cion > instance"]["beyond_spread"]
     one = {m: dict(r, seeds=[{}]) for m, r in zs.items()}
     assert ordering(one)["cion > tracklet"]["beyond_spread"] is None
     # paired (same seed) differences
@@ -43,6 +44,11 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     # the trained runs really trained: each wrote a backbone and took the whole budget
     trained = [r for r in results["runs"] if r["method"] != "random"]
     assert len(trained) == 5 and all(r["steps"] == results["plan"]["steps"] for r in trained)
+    # every run, the random initialisation included, was also fine-tuned and scored
+    assert set(results["finetuned"]) == set(zs)
+    assert all("finetuned" in r for r in results["runs"])
+    random_row = next(r for r in results["runs"] if r["method"] == "random")
+    assert random_row["finetuned"]["mAP"] > random_row["mAP"]      # 30 supervised steps help
     # denoising stages against ground truth: raw, then the three levels
     stages = results["denoising"]["stages"]
     assert [s["level"] for s in stages] == ["raw", "tracklet", "video", "cross"]
@@ -54,6 +60,7 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     assert "Does the paper's ordering hold?" in report
     assert "true identities (a perfect denoiser)" in report          # the oracle's reading
     assert "**Quick run**" in report                                  # no comparison at 80 steps
+    assert "After a short supervised fine-tune" in report
 
 
 def test_demo_refuses_an_unwritable_out(tmp_path, capsys):

@@ -35,16 +35,20 @@ def plot_curves(runs: list[dict], out: Path) -> Path:
     return save_figure(fig, out)
 
 
-def plot_scores(table: dict, out: Path) -> Path:
-    """Zero-shot mAP and rank-1 per method: bars = mean over seeds, dots = single seeds."""
+def plot_scores(table: dict, out: Path, tuned: dict | None = None) -> Path:
+    """Zero-shot mAP and rank-1 per method, and mAP after the short fine-tune when ``tuned``
+    has it: bars = mean over seeds, dots = single seeds."""
     plt = pyplot()
     methods = [m for m in METHODS if m in table]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for a, key, name in ((ax[0], "mAP", "zero-shot mAP (%)"), (ax[1], "rank1", "zero-shot rank-1 (%)")):
-        means = [100 * table[m][key] for m in methods]
+    panels = [(table, "mAP", "zero-shot mAP (%)"), (table, "rank1", "zero-shot rank-1 (%)")]
+    if tuned:
+        panels.append((tuned, "mAP", "mAP after the short fine-tune (%)"))
+    fig, ax = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for a, (scores, key, name) in zip(ax, panels):
+        means = [100 * scores[m][key] if m in scores else 0.0 for m in methods]
         a.bar(range(len(methods)), means, color=[COLOURS[m] for m in methods], alpha=0.8)
         for i, m in enumerate(methods):
-            vals = [100 * s[key] for s in table[m]["seeds"]]
+            vals = [100 * s[key] for s in scores.get(m, {}).get("seeds", [])]
             a.plot([i] * len(vals), vals, "k.", ms=6)
         a.set_xticks(range(len(methods)))
         a.set_xticklabels(methods, fontsize=8)
@@ -118,7 +122,7 @@ def chance_same_camera(world: Path) -> float:
 
 
 def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, arch: str,
-             size, plan: DemoPlan) -> dict:
+             size, plan: DemoPlan, tuned: dict | None = None) -> dict:
     """Write every figure; returns ``{name: path}``; adds ``same_camera_top1`` (seed
     ``plan.seeds[0]``) to each row of ``table``."""
     from cion.denoise.figure import plot_levels
@@ -131,7 +135,7 @@ def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, a
                                      "CION denoising on the synthetic world (colour-histogram extractor)",
                                      quality=den["quality"]),
             "curves": plot_curves(runs, fig_dir / "training_curves.png"),
-            "scores": plot_scores(table, fig_dir / "zero_shot.png")}
+            "scores": plot_scores(table, fig_dir / "zero_shot.png", tuned)}
     q, g = _benchmark(world)
     seed = plan.seeds[0]
     for method in METHODS:

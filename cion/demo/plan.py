@@ -36,6 +36,7 @@ class DemoPlan:
     # (fraction of the budget, images per identity K): the paper's 2 -> 4 -> 6 -> 8 at 40/60/80%
     curriculum: tuple = ((0.0, 2), (0.4, 4), (0.6, 6), (0.8, 8))
     calibrate_quantile: float = 0.8  # denoising thresholds read off the extractor's distances
+    finetune_steps: int = 300        # short supervised fine-tune on the benchmark's train split
     tsne_identities: int = 15
     recipe: Path = RECIPE
     workers: int = 2                 # pre-training runs in parallel (one CPU thread each)
@@ -46,6 +47,6 @@ def demo_plan(quick: bool, seed: int = 0) -> DemoPlan:
     """The full demo, or the ``--quick`` one; ``seed`` shifts the world and every run's seed."""
     if quick:
         return DemoPlan(identities=30, videos=8, cameras=4, bench_identities=30,
-                        image_size=(64, 32), seeds=(seed,), steps=80)
-    return DemoPlan(identities=60, videos=16, cameras=4, bench_identities=60,
+                        image_size=(64, 32), seeds=(seed,), steps=80, finetune_steps=30)
+    return DemoPlan(identities=60, videos=16, cameras=4, bench_identities=100,
                     image_size=(64, 32), seeds=(seed, seed + 1), steps=900)

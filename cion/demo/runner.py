@@ -1,9 +1,9 @@
 """``cion demo``: the whole CION flow on the synthetic world, in minutes, on a CPU.
 
-Stages (each prints progress): 1 world -> 2 extractor features -> 3 progressive denoising ->
-4 pre-training of every method x seed -> 5 zero-shot evaluation -> 6 figures, report.md,
-results.json. See :mod:`cion.demo.plan` for what runs and :mod:`cion.demo.report` for what
-is written.
+Stages (each prints progress): 1 world -> 2 extractor features -> 3 progressive denoising -> 4
+pre-training of every method x seed, each followed by zero-shot evaluation and a short
+supervised fine-tune -> 5 scores -> 6 figures, report.md, results.json. See
+:mod:`cion.demo.plan` for what runs and :mod:`cion.demo.report` for what is written.
 """
 from __future__ import annotations
 
@@ -78,14 +78,16 @@ def demo_job(plan: DemoPlan, method: str, seed: int, manifest: Path, root: str, 
     return {"method": method, "seed": seed, "manifest": str(manifest), "root": root,
             "config": demo_recipe(plan) if recipe is None else recipe, "steps": plan.steps,
             "curriculum": [list(c) for c in (curriculum or plan.curriculum)],
-            "run_dir": str(run_dir), "market": str(world / "market"), "threads": 1}
+            "run_dir": str(run_dir), "market": str(world / "market"), "threads": 1,
+            "finetune_steps": plan.finetune_steps}
 
 
 def _jobs(plan: DemoPlan, out: Path, world: Path, manifests: dict, root: str) -> list[dict]:
+    """Every method x seed; ``random`` (no pre-training) first, as it is the quickest."""
     recipe = demo_recipe(plan)
-    return [demo_job(plan, method, seed, manifests[method], root, world,
-                     out / "runs" / f"{method}_seed{seed}", recipe)
-            for seed in plan.seeds for method in TRAINED]
+    pairs = [("random", s) for s in plan.seeds] + [(m, s) for s in plan.seeds for m in TRAINED]
+    return [demo_job(plan, m, s, manifests.get(m, ""), root, world, out / "runs" / f"{m}_seed{s}",
+                     recipe) for m, s in pairs]
 
 
 def run_jobs(jobs: list[dict], workers: int, log: Callable[[str], None]) -> list[dict]:
@@ -110,22 +112,11 @@ def run_jobs(jobs: list[dict], workers: int, log: Callable[[str], None]) -> list
     return [results[i] for i in range(len(jobs))]
 
 
-def random_init_scores(arch: str, size, seeds, market: Path) -> list[dict]:
-    import torch
-
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.evaluate import zero_shot_map
-
-    out = []
-    for seed in seeds:
-        torch.manual_seed(seed)       # the initialisation the trained runs start from
-        out.append({"method": "random", "seed": seed, **zero_shot_map(build_backbone(arch, size),
-                                                                      market, size)})
-    return out
-
-
-def summarise(runs: list[dict]) -> dict:
-    """``{method: {"mAP", "rank1", "mAP_std", "rank1_std", "seeds": [...]}}`` (fractions)."""
+def summarise(runs: list[dict], key: str | None = None) -> dict:
+    """``{method: {"mAP", "rank1", "mAP_std", "rank1_std", "seeds": [...]}}`` (fractions) of
+    the zero-shot scores, or of ``run[key]`` (e.g. ``"finetuned"``) where runs have it."""
+    if key is not None:
+        runs = [{"method": r["method"], "seed": r["seed"], **r[key]} for r in runs if key in r]
     table = {}
     for method in METHODS:
         rs = [r for r in runs if r["method"] == method]
@@ -202,30 +193,36 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
         pd.DataFrame(df).assign(identity=lab).to_parquet(manifests[method], index=False)
 
     jobs = _jobs(plan, out, world, manifests, str(df.attrs.get("root", world / "pretrain")))
-    stage(4, f"pre-training {len(TRAINED)} methods x {len(plan.seeds)} seed(s) = {len(jobs)} runs "
-             f"of {plan.steps} steps, {plan.workers} at a time")
+    stage(4, f"pre-training {len(TRAINED)} methods x {len(plan.seeds)} seed(s) of {plan.steps} "
+             f"steps, {plan.workers} at a time; every run (and the random initialisation) is "
+             f"then evaluated zero-shot and after {plan.finetune_steps} fine-tuning steps")
     t = time.perf_counter()
     runs = run_jobs(jobs, plan.workers, log)
     timings["pretrain"] = time.perf_counter() - t
 
-    stage(5, "zero-shot kNN evaluation on the benchmark (query vs gallery, cosine)")
-    arch = jobs[0]["config"]["arch"]
-    size = tuple(jobs[0]["config"]["global_size"])
-    runs = random_init_scores(arch, size, plan.seeds, world / "market") + runs
+    recipe = jobs[0]["config"]
+    stage(5, "scores: zero-shot kNN retrieval and after the short supervised fine-tune")
+    arch = recipe["arch"]
+    size = tuple(recipe["global_size"])
     table = summarise(runs)
+    tuned = summarise(runs, "finetuned")
     for method, row in table.items():
-        log(f"[demo]   {method:>10}: mAP {100 * row['mAP']:5.1f} ± {100 * row['mAP_std']:.1f}  "
-            f"rank-1 {100 * row['rank1']:5.1f} ± {100 * row['rank1_std']:.1f}")
+        ft = tuned.get(method)
+        log(f"[demo]   {method:>10}: zero-shot mAP {100 * row['mAP']:5.1f} ± "
+            f"{100 * row['mAP_std']:.1f}  rank-1 {100 * row['rank1']:5.1f}"
+            + (f" | fine-tuned mAP {100 * ft['mAP']:5.1f} ± {100 * ft['mAP_std']:.1f}" if ft else ""))
 
     stage(6, "figures, report.md, results.json")
     t = time.perf_counter()
-    figs = figures.make_all(out, world, den, runs, table, arch, size, plan)
+    figs = figures.make_all(out, world, den, runs, table, arch, size, plan, tuned)
     timings["figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     results = {
         "zero_shot": {m: {"mAP": r["mAP"], "rank1": r["rank1"], "mAP_std": r["mAP_std"],
                           "rank1_std": r["rank1_std"], "seeds": r["seeds"],
                           "same_camera_top1": r.get("same_camera_top1")} for m, r in table.items()},
+        "finetuned": {m: {k: r[k] for k in ("mAP", "rank1", "mAP_std", "rank1_std", "seeds")}
+                      for m, r in tuned.items()},
         "chance_same_camera_top1": figures.chance_same_camera(world),
         "denoising": {"extractor": "stripe colour histogram (cion.handcrafted), no training",
                       "thresholds": {k: den["thresholds"][k] for k in ("sigma_cst", "sigma_drm")},
@@ -234,7 +231,8 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
                                  for s, q in zip(den["stats"], den["quality"])]},
         "plan": {"quick": quick, "seed": seed, "seeds": list(plan.seeds), "steps": plan.steps,
                  "arch": arch, "image_size": list(size), "images": len(df),
-                 "recipe": str(plan.recipe.name), "curriculum": [list(c) for c in plan.curriculum]},
+                 "recipe": str(plan.recipe.name), "curriculum": [list(c) for c in plan.curriculum],
+                 "finetune_steps": plan.finetune_steps},
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
         "figures": {k: str(Path(v).relative_to(out)) for k, v in figs.items()},
         "seconds": timings,
