@@ -53,12 +53,20 @@ def colour_histogram(images: np.ndarray, stripes: int = 6, bins: int = 4, centre
 
 
 def load_images(paths: Sequence[str | os.PathLike], size: tuple[int, int] = (64, 32)) -> np.ndarray:
-    """Read images as (N, height, width, 3) uint8, resized to ``size`` = (height, width)."""
+    """Read images as (N, height, width, 3) uint8 RGB, resized (bilinear) to ``size`` =
+    (height, width), as :func:`cion.pretrain.evaluate.extract_features` does. An unreadable
+    file raises :class:`~cion.errors.CionError` naming it."""
+    from cion.errors import CionError
+
     h, w = size
     out = np.empty((len(paths), h, w, 3), dtype=np.uint8)
     for i, p in enumerate(paths):  # decoding is per file by nature
-        with Image.open(p) as img:
-            out[i] = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
+        try:
+            with Image.open(p) as img:
+                out[i] = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
+        except OSError as err:
+            raise CionError(f"{p}: cannot read this image ({err}). Fix: remove it from the "
+                            "list or replace the file") from None
     return out
 
 

@@ -192,7 +192,8 @@ def test_normalisation_matches_extract_features(tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("steps", 0), ("batch_size", 30), ("instances", 1), ("lr", 0.0), ("optimizer", "rmsprop"),
     ("image_size", "big"), ("label_smoothing", 1.0), ("margin", 0.0), ("erasing_p", 1.5),
-    ("warmup_steps", -1), ("threads", 0), ("log_every", 0)])
+    ("warmup_steps", -1), ("threads", 0), ("log_every", 0), ("device", "gpu0")]
+    + ([("device", "cuda")] if not torch.cuda.is_available() else []))
 def test_bad_config_names_the_option(field, value):
     with pytest.raises(CionError, match=f"SupervisedConfig.{field}"):
         SupervisedConfig(**{field: value}).check()

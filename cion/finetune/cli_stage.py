@@ -12,7 +12,7 @@ with mAP / rank-1 / mINP on the dataset's query / gallery split before and after
 The written ``backbone.safetensors`` has the key layout (and ``arch`` metadata) of a
 pre-training ``backbone.safetensors``: ``load_backbone(arch, path, img_size)`` reads it, and for
 ReIDZoo archs so do ``create_model(arch, checkpoint=path)`` and ``cion evaluate --model path``.
-Training and evaluation run on the CPU (as :func:`finetune_supervised` does).
+Training runs on ``cfg.device`` (``--device``); the before / after scoring on the CPU.
 """
 from __future__ import annotations
 

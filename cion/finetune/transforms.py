@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cion.errors import CionError
@@ -35,19 +34,12 @@ _TRIES = 10
 
 def decode_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
     """(N, H, W, 3) uint8 array of the images at ``paths``, RGB, resized (bilinear) to
-    ``size`` = (H, W) as :func:`cion.pretrain.evaluate.extract_features` does. Holds the whole
-    set in memory: fine for the small sets this is used on (N x H x W x 3 bytes, 1.25 GB for
-    Market's 12,936 training images at 256x128)."""
-    h, w = size
-    out = np.empty((len(paths), h, w, 3), dtype=np.uint8)
-    for i, p in enumerate(paths):          # one PIL decode per file is inherent
-        try:
-            with Image.open(p) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
-        except OSError as err:
-            raise CionError(f"{p}: cannot read this image ({err}). Fix: remove it from the "
-                            "training set or replace the file") from None
-    return out
+    ``size`` = (H, W) (:func:`cion.handcrafted.load_images`). Holds the whole set in memory:
+    fine for the small sets this is used on (N x H x W x 3 bytes, 1.25 GB for Market's 12,936
+    training images at 256x128)."""
+    from cion.handcrafted import load_images
+
+    return load_images(paths, size)
 
 
 def normalize(images) -> torch.Tensor:
