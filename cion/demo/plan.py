@@ -40,7 +40,8 @@ class DemoPlan:
     tsne_identities: int = 15
     recipe: Path = RECIPE
     workers: int = 2                 # pre-training runs in parallel (one CPU thread each)
-    overrides: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)   # pre-training recipe values
+    world: dict = field(default_factory=dict)       # WorldConfig values (e.g. turn_rate=0)
 
 
 def demo_plan(quick: bool, seed: int = 0) -> DemoPlan:

@@ -34,8 +34,9 @@ def make_world(plan: DemoPlan, out: Path, seed: int) -> tuple[Path, pd.DataFrame
     from cion.data.synth import WorldConfig, generate_world
 
     world = out / "world"
-    cfg = WorldConfig(identities=plan.identities, videos=plan.videos, cameras=plan.cameras,
-                      image_size=plan.image_size, bench_identities=plan.bench_identities, seed=seed)
+    cfg = WorldConfig(**{"identities": plan.identities, "videos": plan.videos,
+                         "cameras": plan.cameras, "image_size": plan.image_size,
+                         "bench_identities": plan.bench_identities, "seed": seed, **plan.world})
     if not (world / "pretrain" / "manifest.parquet").exists():
         generate_world(world, cfg, workers=1, progress=False)
     return world, read_manifest(world / "pretrain" / "manifest.parquet")
