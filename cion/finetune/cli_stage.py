@@ -74,33 +74,15 @@ def _check_checkpoint(checkpoint: Path) -> None:
 
 
 def _build(arch: str, checkpoint: Path | None, img_size: tuple[int, int], seed: int) -> nn.Module:
-    """Random init (seeded), or pre-trained weights: our safetensors backbone for any arch, or
-    for ReIDZoo archs also the authors' ``.pth``."""
-    from cion.pretrain.backbone import TEST_ARCHS, build_backbone, load_backbone
+    """Random init (seeded), or pre-trained weights (:func:`load_backbone`): our safetensors
+    backbone for any arch, or for ReIDZoo archs also the authors' ``.pth``."""
+    from cion.pretrain.backbone import build_backbone, load_backbone
 
     torch.manual_seed(seed)
     if checkpoint is None:
         return build_backbone(arch, img_size)
     _check_checkpoint(checkpoint)
-    if arch not in TEST_ARCHS:
-        return load_backbone(arch, checkpoint, img_size)       # create_model: clear CionErrors
-    from cion.models.checkpoint import read_backbone_file
-
-    tensors, meta = read_backbone_file(checkpoint)             # CionError if not safetensors
-    if meta.get("arch") not in (None, arch):
-        raise CionError(f"--checkpoint {checkpoint} holds a '{meta['arch']}' backbone, not "
-                        f"'{arch}'. Fix: --arch {meta['arch']}")
-    model = build_backbone(arch, img_size)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
-        raise CionError(f"--checkpoint {checkpoint} does not fit --arch {arch} at --img-size "
-                        f"{img_size[0]}x{img_size[1]} ({detail[:300]}). Fix: pass the --arch it was "
-                        "pre-trained as (and for test_vit the --img-size = its pre-training "
-                        "global size)") from None
-    return model
+    return load_backbone(arch, checkpoint, img_size)
 
 
 def _train_rows(ds):
@@ -120,19 +102,15 @@ def _train_rows(ds):
 
 
 def score(model: nn.Module, ds, img_size: tuple[int, int], batch_size: int = 128) -> dict:
-    """mAP / rank-1 / mINP of ``model`` (eval mode, CPU) on ``ds.query`` vs ``ds.gallery``:
-    cosine distance of L2-normalised features, SPEC section 7 protocol (the same numbers as
-    :func:`cion.pretrain.evaluate.zero_shot_map` on a Market layout)."""
+    """mAP / rank-1 / mINP of ``model`` (eval mode, CPU) on ``ds.query`` vs ``ds.gallery``
+    (:func:`cion.pretrain.evaluate.retrieval_scores`, as ``zero_shot_map`` on a Market layout)."""
     from cion.data.manifest import resolve_paths
-    from cion.evaluation import evaluate_rank
-    from cion.pretrain.evaluate import extract_features
+    from cion.pretrain.evaluate import retrieval_scores
 
-    qf = extract_features(model, resolve_paths(ds.query), img_size, batch_size)
-    gf = extract_features(model, resolve_paths(ds.gallery), img_size, batch_size)
-    dist = (1.0 - qf @ gf.T).double()
-    r = evaluate_rank(dist, ds.query["identity"].to_numpy(), ds.gallery["identity"].to_numpy(),
-                      ds.query["camera"].to_numpy(), ds.gallery["camera"].to_numpy(), max_rank=10)
-    return {"mAP": float(r["mAP"]), "rank1": float(r["cmc"][0]), "mINP": float(r["mINP"])}
+    def split(df):
+        return resolve_paths(df), df["identity"].to_numpy(), df["camera"].to_numpy()
+
+    return retrieval_scores(model, split(ds.query), split(ds.gallery), img_size, batch_size)
 
 
 def run_finetune(data: str | os.PathLike, out: str | os.PathLike, *, arch: str,

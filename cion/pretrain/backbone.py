@@ -71,8 +71,19 @@ def load_backbone(arch: str, checkpoint: str | Path, img_size: tuple[int, int] =
     if arch not in TEST_ARCHS:
         from cion.models import create_model
         return create_model(arch, checkpoint=str(checkpoint), img_size=tuple(img_size))
-    from safetensors.torch import load_file
+    from cion.models.checkpoint import read_backbone_file
 
+    tensors, meta = read_backbone_file(checkpoint)             # CionError if not safetensors
+    if meta.get("arch") not in (None, arch):
+        raise CionError(f"{checkpoint} holds a '{meta['arch']}' backbone, not '{arch}'. Fix: "
+                        f"load it as '{meta['arch']}' (--arch {meta['arch']})")
     model = build_backbone(arch, img_size)
-    model.load_state_dict(load_file(str(checkpoint)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[1:3]) or lines[0]
+        raise CionError(f"{checkpoint} does not fit {arch} at {img_size[0]}x{img_size[1]} "
+                        f"({detail[:300]}). Fix: load it as the arch it was trained as (for "
+                        "test_vit also at its training image size)") from None
     return model

@@ -58,13 +58,22 @@ def extract_features(model: torch.nn.Module, paths: list[str], img_size=(256, 12
 def zero_shot_map(model: torch.nn.Module, market_root: str | Path, img_size=(256, 128),
                   batch_size: int = 128, device="cpu") -> dict[str, float]:
     """kNN retrieval of ``query/`` in ``bounding_box_test/``: ``{'mAP', 'rank1', 'mINP'}``."""
+    root = Path(market_root)
+    return retrieval_scores(model, read_market_split(root / "query"),
+                            read_market_split(root / "bounding_box_test"), img_size, batch_size,
+                            device)
+
+
+def retrieval_scores(model: torch.nn.Module, query, gallery, img_size=(256, 128),
+                     batch_size: int = 128, device="cpu") -> dict[str, float]:
+    """kNN retrieval (cosine, SPEC section 7 protocol) of ``query`` in ``gallery``, each a
+    ``(paths, identities, cameras)`` triple: ``{'mAP', 'rank1', 'mINP'}`` (fractions)."""
     from cion.evaluation import evaluate_rank
 
-    root = Path(market_root)
-    qp, qid, qcam = read_market_split(root / "query")
-    gp, gid, gcam = read_market_split(root / "bounding_box_test")
-    qf = extract_features(model, qp, img_size, batch_size, device)
-    gf = extract_features(model, gp, img_size, batch_size, device)
+    (qp, qid, qcam), (gp, gid, gcam) = query, gallery
+    qf = extract_features(model, list(qp), img_size, batch_size, device)
+    gf = extract_features(model, list(gp), img_size, batch_size, device)
     dist = (1.0 - qf @ gf.T).double()
-    r = evaluate_rank(dist, qid, gid, qcam, gcam, max_rank=10)
+    r = evaluate_rank(dist, np.asarray(qid), np.asarray(gid), np.asarray(qcam), np.asarray(gcam),
+                      max_rank=10)
     return {"mAP": float(r["mAP"]), "rank1": float(r["cmc"][0]), "mINP": float(r["mINP"])}
