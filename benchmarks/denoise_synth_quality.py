@@ -3,8 +3,14 @@
     .venv/bin/python benchmarks/denoise_synth_quality.py                 # makes the default world
     .venv/bin/python benchmarks/denoise_synth_quality.py --world /tmp/w  # reuse a world
     .venv/bin/python benchmarks/denoise_synth_quality.py --features F.npy   # e.g. from `cion extract`
+    .venv/bin/python benchmarks/denoise_synth_quality.py --world demo_out/world --size 64x32 \
+        --centre camera --false-links 0.3                                 # the demo's setting
 
 Features: the stripe colour histogram of :mod:`cion.handcrafted` unless ``--features`` is given.
+The first table is the extractor's cross-video tracklet linking (mAP / rank-1 of tracklet
+centroids, :func:`cion.denoise.metrics.tracklet_linking_map`) raw and centred per video and per
+camera; ``--centre`` picks the centring the denoising tables use, ``--false-links`` the
+calibration's link budget.
 For each threshold setting (the paper's 0.2 / 0.18, and thresholds calibrated from the features
 at a few quantiles, see :func:`cion.denoise.calibrate_thresholds`) the levels are added one by
 one (raw tracklets, +tracklet, +video, +cross) and the result is compared with ``true_identity``:
@@ -41,11 +47,16 @@ def main() -> None:
     ap.add_argument("--features", default=None, help=".npy features of the pretrain manifest")
     ap.add_argument("--quantiles", default="0.8,0.9,0.95", help="calibration quantiles to show")
     ap.add_argument("--ranges", default="1000,50,10", help="r_s values for the ordering table")
+    ap.add_argument("--centre", default="none", choices=["none", "video", "camera"],
+                    help="centre features per video / camera before denoising")
+    ap.add_argument("--false-links", type=float, default=0.1, help="calibration link budget")
+    ap.add_argument("--size", default="128x64", help="histogram image size HxW (the demo: 64x32)")
     args = ap.parse_args()
 
     from cion.data.manifest import read_manifest, resolve_paths
     from cion.denoise import calibrate_thresholds, denoise
-    from cion.denoise.metrics import pairwise_precision_recall
+    from cion.denoise.io import centre_groups
+    from cion.denoise.metrics import pairwise_precision_recall, tracklet_linking_map
 
     with tempfile.TemporaryDirectory() as tmp:
         root = load_world(args.world, tmp)
@@ -56,7 +67,8 @@ def main() -> None:
         else:
             from cion.handcrafted import colour_histogram_files
             t0 = time.perf_counter()
-            feats = colour_histogram_files(resolve_paths(df), size=(128, 64))
+            h, w = (int(v) for v in args.size.lower().split("x"))
+            feats = colour_histogram_files(resolve_paths(df), size=(h, w))
             fname = f"stripe colour histogram ({feats.shape[1]}-d, {time.perf_counter() - t0:.1f}s)"
         video, tracklet = df["video"].to_numpy(), df["tracklet"].to_numpy()
         true = df["true_identity"].to_numpy()
@@ -65,9 +77,21 @@ def main() -> None:
               f"{df['video'].nunique()} videos, {len(set(true[true >= 0]))} people; "
               f"noise rows: {int((noise != 'none').sum())}; features: {fname}\n")
 
+        print("| centring | cross-video tracklet linking mAP | rank-1 | queries |")
+        print("|---|---|---|---|")
+        for c in ("none", "video", "camera"):
+            if c == "camera" and (df["camera"] < 0).any():
+                continue
+            link = tracklet_linking_map(feats, video, tracklet, true, centre_groups(df, c))
+            print(f"| {c} | {link['mAP']:.3f} | {link['rank1']:.3f} | {link['queries']} |")
+        groups = centre_groups(df, args.centre)
+        print(f"\ndenoising with features centred per {args.centre}, link budget "
+              f"{args.false_links} false links per tracklet")
+
         settings = [("paper", 0.2, 0.18)]
         for q in (float(v) for v in args.quantiles.split(",") if v):
-            c = calibrate_thresholds(feats, video, tracklet, quantile=q)
+            c = calibrate_thresholds(feats, video, tracklet, quantile=q,
+                                     false_links=args.false_links, centre=groups)
             print(f"calibrated q={q:g}: sigma_cst {c['sigma_cst']:.4f}, sigma_drm "
                   f"{c['sigma_drm']:.4f} (link probability {c['link_probability']:.1e}, "
                   f"{c['pairs']:,} cross-video tracklet pairs)")
@@ -79,7 +103,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, sc, sd in settings:
             for sname, lv in stages:
-                r = denoise(feats, video, tracklet, sigma_cst=sc, sigma_drm=sd, levels=lv)
+                r = denoise(feats, video, tracklet, sigma_cst=sc, sigma_drm=sd, levels=lv,
+                            centre=groups)
                 m = pairwise_precision_recall(r.identity, true)
                 moved = r.status_code != 0
                 noisy = noise != "none"
@@ -100,7 +125,8 @@ def main() -> None:
             base = None
             for order in ("sequence", "coarse", "both"):
                 r = denoise(feats, video, tracklet, sigma_cst=sc, sigma_drm=sd,
-                            range_half_width=rs, cross_order=order, noise_stats=False)
+                            range_half_width=rs, cross_order=order, noise_stats=False,
+                            centre=groups)
                 m = pairwise_precision_recall(r.identity, true)
                 base = m["hit_pairs"] if base is None else base
                 sec = {s["level"]: s for s in r.stats}["cross"]["seconds"]

@@ -98,14 +98,26 @@ def denoise(
         None, "--calibrate", help="Choose the thresholds from the features instead (for extractors "
         "other than the paper's ReID ViT-B): sigma_cst = this quantile (e.g. 0.8) of within-tracklet "
         "deviations; sigma_drm = the distance at which random tracklet pairs from different videos "
-        "link with probability 0.1 / (2 * range). Values used go to OUT.stats.json."),
+        "link with probability FALSE_LINKS / (2 * range). Values used go to OUT.stats.json."),
+    false_links: float = typer.Option(
+        0.1, "--false-links", help="With --calibrate: false cross-video links allowed per tracklet. "
+        "Raise it (e.g. 1.0) for small collections where the same people fill many videos."),
+    centre: str = typer.Option(
+        "none", "--centre", help="Centre features on the mean of their video or camera first "
+        "(none, video, camera): removes what one camera adds to all its images."),
+    whiten: int = typer.Option(
+        0, "--whiten", help="PCA-whiten the (centred) features to this many dimensions first "
+        "(0: off); makes distances between unrelated images more alike, so a threshold links "
+        "more true pairs before wrong ones chain."),
 ) -> None:
     """Progressive multi-level denoising: tracklets -> cross-video identities (paper Eq. 1-7)."""
     from cion.denoise.io import denoise_manifest, output_paths
 
     stats = denoise_manifest(manifest, features, out, sigma_cst=sigma_cst, sigma_drm=sigma_drm,
                              range_half_width=range_half_width, levels=levels,
-                             cross_order=cross_order, calibrate=calibrate, progress=True)
+                             cross_order=cross_order, calibrate=calibrate,
+                             false_links=false_links, centre=centre, whiten=whiten or None,
+                             progress=True)
     p = stats["params"]
     typer.echo(f"sigma_cst {p['sigma_cst']:.4g}  sigma_drm {p['sigma_drm']:.4g}  r_s "
                f"{p['range_half_width']}  levels {','.join(p['levels']) or 'none'}")

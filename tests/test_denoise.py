@@ -229,3 +229,104 @@ def test_neighbour_search_pair_count_close_to_exact():
     assert is_exact and exact == brute > 1000
     approx, is_exact = count_close_pairs(U, 0.18, exact_limit=0, cell_size=64)
     assert not is_exact and 0.95 * exact <= approx <= exact
+
+
+def _centred_by_hand(X, groups):
+    """Slow, obvious per-group centring: normalise, subtract the group mean, normalise again
+    (a group of one row is left as it is)."""
+    U = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    out = U.copy()
+    for g in np.unique(groups):
+        m = groups == g
+        if m.sum() >= 2:
+            out[m] = U[m] - U[m].mean(axis=0)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_centring_equals_denoising_centred_features(seed, tmp_path):
+    # centring on the fly (memory-mapped fp32, small blocks) == denoising features centred by hand
+    X, vid, trk = make_world(seed, videos=7)
+    X = X + np.where(np.char.endswith(vid.astype(str), "1"), 1.5, -0.7)[:, None]   # a video offset
+    path = tmp_path / "f.npy"
+    np.save(path, X)
+    kw = dict(sigma_cst=0.5, sigma_drm=0.4, range_half_width=3)
+    ref = denoise(_centred_by_hand(X, vid), vid, trk, **kw)
+    got = denoise(path, vid, trk, centre=vid, block_rows=4, **kw)
+    np.testing.assert_array_equal(ref.identity, got.identity)
+    np.testing.assert_array_equal(ref.status_code, got.status_code)
+    assert got.params["centred"] and not ref.params["centred"]
+
+
+def test_centring_removes_a_camera_offset():
+    # two cameras film the same three people; camera B adds a strong common offset. Raw
+    # features link nothing across the cameras (and merge camera B's people into one), centred
+    # features give exactly the three people, each across both cameras.
+    rng = np.random.default_rng(0)
+    people = np.eye(8)[:3]                   # the offset (dim 7) is orthogonal to every person
+    X, vid, trk, who = [], [], [], []
+    for v, offset in (("camA", 0.0), ("camB", 3.0 * np.eye(8)[7])):
+        for p in range(3):
+            for _ in range(4):
+                X.append(people[p] + offset + 0.05 * rng.normal(size=8))
+                vid.append(v)
+                trk.append(p if v == "camA" else 100 + p)
+                who.append(p)
+    X, vid, trk, who = np.asarray(X), np.asarray(vid), np.asarray(trk), np.asarray(who)
+    kw = dict(sigma_cst=0.3, sigma_drm=0.2, levels="tracklet,video,cross")
+    raw = denoise(X, vid, trk, **kw).identity
+    centred = denoise(X, vid, trk, centre=vid, **kw).identity
+    assert not set(raw[vid == "camA"]) & set(raw[vid == "camB"])
+    assert len(np.unique(raw[vid == "camB"])) == 1
+    assert len(np.unique(centred)) == 3
+    for p in range(3):
+        assert len(np.unique(centred[who == p])) == 1
+
+
+def test_centring_rejects_wrong_groups_and_empty_rows():
+    X = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(CionError, match="centring groups"):
+        denoise(X, np.array(["v"] * 3), np.array([1, 1, 2]), centre=np.array(["v", "v"]))
+    with pytest.raises(CionError, match="equal the mean of their video"):
+        denoise(X[:2], np.array(["v"] * 2), np.array([1, 2]), centre=np.array(["v", "v"]))
+
+
+def _whitened_by_hand(U, dims, shrinkage=1.0):
+    """Slow, obvious PCA whitening of rows ``U`` (already unit length): project on the top
+    ``dims`` eigenvectors of their covariance, divide by sqrt(eigenvalue + shrinkage * mean),
+    normalise."""
+    cov = np.cov(U.T, bias=True)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:dims]
+    vals, vecs = vals[order], vecs[:, order]
+    Y = (U - U.mean(axis=0)) @ vecs / np.sqrt(vals + shrinkage * vals.mean())
+    return Y / np.linalg.norm(Y, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_whitening_equals_denoising_whitened_features(seed, tmp_path):
+    X, vid, trk = make_world(seed, D=10, videos=7)
+    path = tmp_path / "f.npy"
+    np.save(path, X)
+    kw = dict(sigma_cst=0.6, sigma_drm=0.5, range_half_width=3)
+    ref = denoise(_whitened_by_hand(_centred_by_hand(X, vid), 6), vid, trk, **kw)
+    got = denoise(path, vid, trk, centre=vid, whiten=6, block_rows=4, **kw)
+    np.testing.assert_array_equal(ref.identity, got.identity)
+    np.testing.assert_array_equal(ref.status_code, got.status_code)
+    assert got.params["whitened"] == 6
+
+
+def test_whitening_evens_out_unrelated_distances():
+    # one direction carries most of the variance (a background colour that varies a lot):
+    # unwhitened, distances between different people spread widely (some pairs come close by
+    # chance); whitened, they concentrate.
+    from cion.denoise.features import FeatureSource
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 12)) * np.r_[8.0, np.ones(11)] + np.r_[0.0, 3.0, np.zeros(10)]
+    raw = FeatureSource(X).block(0, 400)
+    white = FeatureSource(X).whiten(12, shrinkage=0.0).block(0, 400)
+    i, j = np.triu_indices(400, 1)
+    d_raw = 1 - np.einsum("ij,ij->i", raw[i], raw[j])
+    d_white = 1 - np.einsum("ij,ij->i", white[i], white[j])
+    assert d_white.std() < 0.75 * d_raw.std()

@@ -72,6 +72,30 @@ def test_cli_levels_subset(small, tmp_path):
     assert [s["level"] for s in stats["levels"]] == ["raw", "tracklet"]
 
 
+def test_cli_centre_and_link_budget(small, tmp_path, capsys):
+    from cion.denoise import calibrate_thresholds
+
+    man, feats, X, df = small
+    out = tmp_path / "c.parquet"
+    assert _run(["denoise", "--manifest", str(man), "--features", str(feats), "--out", str(out),
+                 "--range", "5", "--centre", "video", "--calibrate", "0.8",
+                 "--false-links", "0.5"]) == 0
+    stats = json.loads((tmp_path / "c.stats.json").read_text())
+    cal = calibrate_thresholds(X.astype(np.float16), df["video"], df["tracklet"], quantile=0.8,
+                               false_links=0.5, range_half_width=5, centre=df["video"])
+    assert stats["calibration"]["sigma_drm"] == pytest.approx(cal["sigma_drm"])
+    assert stats["calibration"]["false_links"] == 0.5 and stats["params"]["centred"]
+    ref = denoise(X.astype(np.float16), df["video"], df["tracklet"], range_half_width=5,
+                  sigma_cst=cal["sigma_cst"], sigma_drm=cal["sigma_drm"], centre=df["video"])
+    np.testing.assert_array_equal(read_manifest(out)["identity"], ref.identity)
+    # cameras unknown (-1) in this manifest: centring per camera is refused, nothing written
+    assert _run(["denoise", "--manifest", str(man), "--features", str(feats), "--out",
+                 str(tmp_path / "bad.parquet"), "--centre", "camera"]) == 2
+    err = capsys.readouterr().err
+    assert "camera -1" in err and "--centre video" in err
+    assert _no_outputs(tmp_path)
+
+
 def _no_outputs(tmp_path):
     return not any(p.name.startswith("bad") for p in tmp_path.iterdir())
 

@@ -36,6 +36,13 @@ class DemoPlan:
     # (fraction of the budget, images per identity K): the paper's 2 -> 4 -> 6 -> 8 at 40/60/80%
     curriculum: tuple = ((0.0, 2), (0.4, 4), (0.6, 6), (0.8, 8))
     calibrate_quantile: float = 0.8  # denoising thresholds read off the extractor's distances
+    # the extractor's features are centred per camera (what a camera adds to all its images
+    # goes) and PCA-whitened to this many dimensions (None: off) before denoising
+    centre: str | None = "camera"
+    whiten: int | None = 64
+    # cross-video links allowed per tracklet by the calibration; above the library's 0.1
+    # because this world is dense (see cion.denoise.calibrate); the report shows other values
+    false_links: float = 1.0
     finetune_steps: int = 300        # short supervised fine-tune on the benchmark's train split
     tsne_identities: int = 15
     recipe: Path = RECIPE

@@ -43,26 +43,80 @@ def make_world(plan: DemoPlan, out: Path, seed: int) -> tuple[Path, pd.DataFrame
 
 
 def denoise_levels(df: pd.DataFrame, features: np.ndarray, plan: DemoPlan) -> dict:
-    """Identities after each level (calibrated thresholds) and per-stage statistics."""
+    """Identities after each level (calibrated thresholds), per-stage statistics, and the
+    outcome of the full pipeline for other feature treatments and link budgets (``variants``:
+    what each choice of the plan buys, made visible)."""
     from cion.denoise import denoise
     from cion.denoise.calibrate import calibrate_thresholds
+    from cion.denoise.io import centre_groups
     from cion.denoise.metrics import pairwise_precision_recall
 
     video, tracklet = df["video"].to_numpy(), df["tracklet"].to_numpy()
-    th = calibrate_thresholds(features, video, tracklet, quantile=plan.calibrate_quantile,
-                              range_half_width=1000)
     truth = df["true_identity"].to_numpy(np.int64)
-    raw = _global_tracklets(df)
-    labels = {"raw": raw}
+
+    def thresholds(centre, whiten, false_links: float) -> dict:
+        return calibrate_thresholds(features, video, tracklet, quantile=plan.calibrate_quantile,
+                                    false_links=false_links, range_half_width=1000,
+                                    centre=centre_groups(df, centre), whiten=whiten)
+
+    th = thresholds(plan.centre, plan.whiten, plan.false_links)
+    labels = {"raw": _global_tracklets(df)}
     full = None
     for levels in LEVEL_SETS:
         res = denoise(features, video, tracklet, sigma_cst=th["sigma_cst"],
-                      sigma_drm=th["sigma_drm"], levels=levels)
+                      sigma_drm=th["sigma_drm"], levels=levels,
+                      centre=centre_groups(df, plan.centre), whiten=plan.whiten)
         labels[levels[-1]] = res.identity
         full = res
     stats = full.stats                                   # raw, tracklet, video, cross
     quality = [pairwise_precision_recall(labels[s["level"]], truth) for s in stats]
-    return {"thresholds": th, "labels": labels, "stats": stats, "quality": quality}
+    variants = []
+    for centre, whiten, fl in _variants(plan):
+        used = (centre, whiten, fl) == (plan.centre, plan.whiten, plan.false_links)
+        t = th if used else thresholds(centre, whiten, fl)
+        ident = labels["cross"] if used else denoise(
+            features, video, tracklet, sigma_cst=t["sigma_cst"], sigma_drm=t["sigma_drm"],
+            centre=centre_groups(df, centre), whiten=whiten, noise_stats=False).identity
+        q = pairwise_precision_recall(ident, truth)
+        variants.append({"centre": centre, "whiten": whiten, "false_links": fl,
+                         "sigma_drm": t["sigma_drm"], "identities": int(ident.max() + 1),
+                         "precision": q["precision"], "recall": q["recall"], "used": used})
+    return {"thresholds": th, "labels": labels, "stats": stats, "quality": quality,
+            "variants": variants, "same_person_pair_share": same_person_pair_share(df)}
+
+
+def _variants(plan: DemoPlan) -> list[tuple]:
+    """(centre, whiten, false_links) settings the report compares: the library's defaults, each
+    of the plan's choices added in turn, and the plan's features at smaller link budgets."""
+    out = [(None, None, 0.1), (None, None, plan.false_links)]
+    if plan.centre:
+        out.append((plan.centre, None, plan.false_links))
+    out += [(plan.centre, plan.whiten, fl) for fl in (0.1, 0.3) if fl < plan.false_links]
+    out.append((plan.centre, plan.whiten, plan.false_links))
+    return list(dict.fromkeys(out))
+
+
+def extractor_name(plan: DemoPlan) -> str:
+    """How the denoising features are made, in words."""
+    return ("stripe colour histogram (cion.handcrafted), no training"
+            + (f", centred per {plan.centre}" if plan.centre else "")
+            + (f", PCA-whitened to {plan.whiten} dimensions" if plan.whiten else ""))
+
+
+def same_person_pair_share(df: pd.DataFrame) -> float:
+    """Share of the pairs of tracklets from different videos whose main true identity is the
+    same person (what the calibration's "almost never one person" assumes is ~0)."""
+    def pairs(counts) -> int:
+        c = np.asarray(counts, dtype=np.int64)
+        return int((c * (c - 1) // 2).sum())
+
+    person = df[df["true_identity"] >= 0]
+    main = (person.groupby(["video", "tracklet"])["true_identity"]
+            .agg(lambda s: s.mode().iloc[0]).reset_index())
+    cross = pairs([len(main)]) - pairs(main.groupby("video").size())
+    same = pairs(main.groupby("true_identity").size()) - pairs(
+        main.groupby(["true_identity", "video"]).size())
+    return same / cross if cross else 0.0
 
 
 def demo_recipe(plan: DemoPlan) -> dict:
@@ -169,7 +223,7 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
         f"{df['true_identity'].max() + 1} true identities, noise: "
         f"{(df['noise'] != 'none').mean() * 100:.0f}% of images")
 
-    stage(2, "extractor features for denoising: stripe colour histograms (no training)")
+    stage(2, f"extractor features for denoising: {extractor_name(plan)}")
     t = time.perf_counter()
     feats = colour_histogram_files(resolve_paths(df), size=plan.image_size)
     timings["features"] = time.perf_counter() - t
@@ -225,9 +279,13 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
         "finetuned": {m: {k: r[k] for k in ("mAP", "rank1", "mAP_std", "rank1_std", "seeds")}
                       for m, r in tuned.items()},
         "chance_same_camera_top1": figures.chance_same_camera(world),
-        "denoising": {"extractor": "stripe colour histogram (cion.handcrafted), no training",
+        "denoising": {"extractor": extractor_name(plan),
+                      "centre": plan.centre, "whiten": plan.whiten,
+                      "false_links": plan.false_links,
                       "thresholds": {k: den["thresholds"][k] for k in ("sigma_cst", "sigma_drm")},
                       "calibration_quantile": plan.calibrate_quantile,
+                      "variants": den["variants"],
+                      "same_person_pair_share": den["same_person_pair_share"],
                       "stages": [dict(s, **{k: q[k] for k in ("precision", "recall", "f1")})
                                  for s, q in zip(den["stats"], den["quality"])]},
         "plan": {"quick": quick, "seed": seed, "seeds": list(plan.seeds), "steps": plan.steps,

@@ -5,6 +5,14 @@ Features are an ``(N, D)`` float16 / float32 / float64 array, usually a ``.npy``
 index), converted to float64, checked (finite, non-zero) and L2-normalised. After each pass the
 pages the process touched are handed back to the page cache (``madvise(MADV_DONTNEED)``) so the
 resident set stays near the working memory rather than growing to the file size.
+
+Optionally every row is *centred* on its group first (:meth:`FeatureSource.centre`): the mean
+normalised feature of its video or camera is subtracted and the row normalised again. Every image
+of one video shares that camera's colour cast, exposure, blur and scene, and in most features
+that is a common offset of all its rows: it pulls different people of one video together and
+pushes one person filmed by two cameras apart, which is exactly what cross-video linking must
+see through. On the synthetic world it raises cross-video tracklet-linking mAP of the colour
+histogram from 0.45 to 0.66 (``benchmarks/denoise_synth_quality.py --centre camera``).
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from cion.denoise.parallel import default_threads, pmap
 from cion.errors import CionError
@@ -61,10 +70,88 @@ class FeatureSource:
         self.source = source
         self.threads = max(1, int(threads if threads is not None else default_threads()))
         self.n, self.dim = int(features.shape[0]), int(features.shape[1])
+        self._group: np.ndarray | None = None       # (N,) group index of each row
+        self._means: np.ndarray | None = None       # (G, D) mean normalised row of each group
+        self._white: tuple | None = None            # (mean (D,), projection (D, k)) of whiten()
+
+    def centre(self, groups, block_rows: int = 65536) -> "FeatureSource":
+        """From now on, read every row as ``normalise(x / |x| - m_g)`` with ``m_g`` the mean of
+        the normalised rows of its group ``g`` (one extra pass over the features).
+
+        Args:
+            groups: (N,) label of each row (video or camera; any hashable values).
+        Returns ``self``. A group of one row is left as it is (its mean is itself).
+        """
+        groups = np.asarray(groups)
+        if groups.shape != (self.n,):
+            raise CionError(f"{self.source}: centring groups have shape {groups.shape}, the "
+                            f"features have {self.n} rows")
+        if self._white is not None:
+            raise CionError("centre() must come before whiten()")
+        self._group, self._means = None, None
+        _, group = np.unique(groups, return_inverse=True)
+        group = group.astype(np.int64).ravel()
+        count = np.bincount(group)
+        sums = np.zeros((len(count), self.dim))
+        for a in range(0, self.n, block_rows):    # blocks: memory-mapped features never load whole
+            b = min(a + block_rows, self.n)
+            member = sp.csr_matrix((np.ones(b - a), (group[a:b], np.arange(b - a))),
+                                   shape=(len(count), b - a))
+            sums += member @ self.block(a, b)
+        self.release()
+        means = sums / count[:, None]
+        means[count < 2] = 0.0
+        self._group, self._means = group, means
+        return self
+
+    def whiten(self, dims: int = 64, shrinkage: float = 1.0,
+               block_rows: int = 65536) -> "FeatureSource":
+        """From now on, read rows PCA-whitened (after centring, when :meth:`centre` was called):
+        ``normalise((x - mu) @ U diag(1 / sqrt(s + shrinkage * mean(s))))`` with ``mu`` the mean
+        and ``U``, ``s`` the top ``dims`` eigenvectors / eigenvalues of the covariance of the
+        rows as read so far (one extra pass; ``dim`` becomes ``dims``).
+
+        Whitening gives every principal direction the same variance, so a few dominant ones
+        (overall brightness, the background's colour) no longer decide the cosine distance, and
+        distances between unrelated images become more alike: fewer pairs of different people
+        fall under a threshold by chance, which is what lets the cross-video closure link more
+        before it starts chaining (Jegou & Chum, ECCV 2012, on whitening for retrieval).
+        ``shrinkage`` > 0 keeps the weakest kept directions (mostly noise) from being inflated.
+        """
+        if int(dims) < 1 or shrinkage < 0:
+            raise CionError(f"whitening needs dims >= 1 and shrinkage >= 0 (got {dims}, {shrinkage})")
+        self._white = None
+        dim = self.dim
+        total = np.zeros(dim)
+        outer = np.zeros((dim, dim))
+        for a in range(0, self.n, block_rows):
+            x = self.block(a, min(a + block_rows, self.n))
+            total += x.sum(axis=0)
+            outer += x.T @ x
+        self.release()
+        mu = total / self.n
+        cov = outer / self.n - np.outer(mu, mu)
+        vals, vecs = np.linalg.eigh(cov)                       # ascending
+        keep = min(int(dims), dim)
+        vals, vecs = np.clip(vals[::-1][:keep], 0.0, None), vecs[:, ::-1][:, :keep]
+        scale = 1.0 / np.sqrt(vals + shrinkage * max(vals.mean(), 1e-12))
+        self._white = (mu, vecs * scale[None, :])
+        self.dim = keep
+        return self
+
+    @property
+    def centred(self) -> bool:
+        return self._group is not None
+
+    @property
+    def whitened(self) -> int | None:
+        """Dimensions kept by :meth:`whiten`, or None."""
+        return None if self._white is None else int(self._white[1].shape[1])
 
     # -- reading ---------------------------------------------------------------------------
     def _check(self, raw: np.ndarray, rows: np.ndarray | None, start: int) -> np.ndarray:
-        """float64 copy of ``raw`` L2-normalised; raises on NaN/inf or zero rows."""
+        """float64 copy of ``raw`` L2-normalised (then centred and / or whitened, each followed
+        by normalisation again); raises on NaN/inf or zero rows."""
         x = raw.astype(np.float64)
         sq = np.einsum("ij,ij->i", x, x)
         bad = ~np.isfinite(sq) | (sq <= 0.0)
@@ -76,6 +163,26 @@ class FeatureSource:
                 f"{self.source}: {int(bad.sum())}+ feature rows are {kind} or otherwise unusable "
                 f"(manifest rows {where}...). Fix: re-extract those images or drop the rows from "
                 "the manifest and the features together")
+        x /= np.sqrt(sq)[:, None]
+        if self._group is not None:
+            x -= self._means[self._group[rows if rows is not None else
+                                         np.arange(start, start + len(x))]]
+            x = self._renormalise(x, rows, start, "equal the mean of their video / camera",
+                                  "denoise without centring, or centre on a coarser group "
+                                  "(camera instead of video)")
+        if self._white is not None:
+            mu, W = self._white
+            x = self._renormalise((x - mu) @ W, rows, start, "vanish after whitening",
+                                  "denoise without whitening or keep more dimensions")
+        return x
+
+    def _renormalise(self, x, rows, start, what: str, fix: str) -> np.ndarray:
+        sq = np.einsum("ij,ij->i", x, x)
+        if np.any(sq <= 1e-18):
+            local = np.flatnonzero(sq <= 1e-18)
+            where = (rows[local] if rows is not None else local + start)[:5].tolist()
+            raise FeatureError(f"{self.source}: {len(local)}+ feature rows {what} (manifest rows "
+                               f"{where}...), so nothing is left of them. Fix: {fix}")
         x /= np.sqrt(sq)[:, None]
         return x
 

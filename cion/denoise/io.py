@@ -27,11 +27,26 @@ def _write_json_atomic(obj, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
 
+def centre_groups(df, centre: str | None, manifest="manifest"):
+    """The (N,) groups to centre features on: ``None``, the ``video`` or the ``camera`` column.
+    Cameras must all be known (>= 0)."""
+    if centre in (None, "none"):
+        return None
+    if centre not in ("video", "camera"):
+        raise CionError(f"--centre {centre}: choose none, video or camera")
+    groups = df[centre].to_numpy()
+    if centre == "camera" and (groups < 0).any():
+        raise CionError(f"{manifest}: {int((groups < 0).sum())} rows have camera -1 (unknown), "
+                        "so features cannot be centred per camera. Fix: --centre video")
+    return groups
+
+
 def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
                      out: str | os.PathLike, *, sigma_cst: float = 0.2, sigma_drm: float = 0.18,
                      range_half_width: int = 1000, levels="tracklet,video,cross",
                      cross_order: str = "sequence", calibrate: float | None = None,
-                     progress: bool = True) -> dict:
+                     false_links: float = 0.1, centre: str | None = None,
+                     whiten: int | None = None, progress: bool = True) -> dict:
     """Denoise the tracklets of a manifest into identities.
 
     Writes ``out`` (the input rows and columns, ``identity`` filled, ``status`` added),
@@ -41,6 +56,10 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
         manifest: input Parquet manifest; features: ``.npy`` (rows of the manifest, D).
         calibrate: if given, a quantile in (0, 1): the thresholds are chosen from the features
             by :func:`cion.denoise.calibrate_thresholds` instead of ``sigma_cst``/``sigma_drm``.
+        false_links: the calibration's budget of false cross-video links per tracklet.
+        centre: ``None``, ``"video"`` or ``"camera"``: centre every feature on the mean of its
+            video / camera first (see :meth:`cion.denoise.features.FeatureSource.centre`).
+        whiten: None / 0, or the dimensions kept by PCA whitening (after centring).
 
     Returns the stats dictionary that was written.
     """
@@ -61,15 +80,18 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
         raise CionError(f"{features} has {X.shape[0]} rows but {manifest} has {len(df)}; features "
                         "must hold one row per manifest row, in manifest order (re-run `cion "
                         "extract` on this manifest)")
+    groups = centre_groups(df, centre, manifest)
     calib = None
     if calibrate is not None:
         calib = calibrate_thresholds(features, df["video"].to_numpy(), df["tracklet"].to_numpy(),
-                                     quantile=float(calibrate),
-                                     range_half_width=range_half_width)
+                                     quantile=float(calibrate), false_links=false_links,
+                                     range_half_width=range_half_width, centre=groups,
+                                     whiten=whiten)
         sigma_cst, sigma_drm = calib["sigma_cst"], calib["sigma_drm"]
     res = denoise(features, df["video"].to_numpy(), df["tracklet"].to_numpy(),
                   sigma_cst=sigma_cst, sigma_drm=sigma_drm, range_half_width=range_half_width,
-                  levels=lv, cross_order=cross_order, progress=progress)
+                  levels=lv, cross_order=cross_order, progress=progress, centre=groups,
+                  whiten=whiten)
     result = df.copy()
     result["identity"] = res.identity
     result["status"] = res.status.astype(str)

@@ -198,7 +198,8 @@ def _own_dots_from_sums(p: np.ndarray, S: np.ndarray, t_of: np.ndarray, cnt: np.
 def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: float = 0.18,
             range_half_width: int = 1000, levels=LEVELS, cross_order: str = "sequence",
             noise_stats: bool = True, noise_exact_limit: int = 4096, progress: bool = False,
-            block_rows: int = 2048, threads: int | None = None, seed: int = 0) -> DenoiseResult:
+            block_rows: int = 2048, threads: int | None = None, seed: int = 0,
+            centre=None, whiten: int | None = None) -> DenoiseResult:
     """Denoise tracklets into cross-video identities (paper Eq. 4-7, SPEC.md section 3).
 
     Args:
@@ -216,6 +217,13 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         progress: show progress bars.
         block_rows: rows read per block.
         threads: threads for the passes over the features (default: min(2, CPUs)).
+        centre: None, or (N,) group of each row (its video or camera): every feature is first
+            centred on its group's mean (:meth:`~cion.denoise.features.FeatureSource.centre`),
+            which removes what one camera adds to all its images. Thresholds then apply to the
+            centred features (calibrate them with the same ``centre``).
+        whiten: None, or the dimensions to keep when PCA-whitening the features (after
+            centring), see :meth:`~cion.denoise.features.FeatureSource.whiten`; 64 suits the
+            demo's 384-d histogram. Calibrate with the same value.
 
     Returns:
         :class:`DenoiseResult` (unpacks as ``identity, status``).
@@ -235,9 +243,13 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
     X = open_features(features)
     src = FeatureSource(X, str(features) if isinstance(features, (str, bytes)) or
                         hasattr(features, "__fspath__") else "features", threads=threads)
-    n, D = src.n, src.dim
-    if n == 0:
+    if src.n == 0:
         raise CionError("nothing to denoise: the features / manifest have no rows")
+    if centre is not None:
+        src.centre(centre)
+    if whiten:
+        src.whiten(int(whiten))
+    n, D = src.n, src.dim
     order, tid_pos, tstart, tvideo, vtstart = _layout(video, tracklet, n)
     T = len(tstart) - 1
     cnt = np.diff(tstart).astype(np.int64)
@@ -380,7 +392,8 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         ph.close()
     params = {"sigma_cst": float(sigma_cst), "sigma_drm": float(sigma_drm),
               "range_half_width": int(range_half_width), "levels": list(lv),
-              "cross_order": cross_order, "rows": int(n), "dim": int(D)}
+              "cross_order": cross_order, "rows": int(n), "dim": int(D),
+              "centred": src.centred, "whitened": src.whitened}
     return DenoiseResult(identity, status_code, stats, params)
 
 
