@@ -4,13 +4,13 @@
     .venv/bin/python benchmarks/denoise_synth_quality.py --world /tmp/w  # reuse a world
     .venv/bin/python benchmarks/denoise_synth_quality.py --features F.npy   # e.g. from `cion extract`
     .venv/bin/python benchmarks/denoise_synth_quality.py --world demo_out/world --size 64x32 \
-        --centre camera --false-links 0.3                                 # the demo's setting
+        --centre camera --whiten 64 --false-links 1.0 --quantiles 0.8     # the demo's setting
 
 Features: the stripe colour histogram of :mod:`cion.handcrafted` unless ``--features`` is given.
 The first table is the extractor's cross-video tracklet linking (mAP / rank-1 of tracklet
 centroids, :func:`cion.denoise.metrics.tracklet_linking_map`) raw and centred per video and per
-camera; ``--centre`` picks the centring the denoising tables use, ``--false-links`` the
-calibration's link budget.
+camera; ``--centre`` and ``--whiten`` pick the treatment the denoising tables use,
+``--false-links`` the calibration's link budget.
 For each threshold setting (the paper's 0.2 / 0.18, and thresholds calibrated from the features
 at a few quantiles, see :func:`cion.denoise.calibrate_thresholds`) the levels are added one by
 one (raw tracklets, +tracklet, +video, +cross) and the result is compared with ``true_identity``:
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--ranges", default="1000,50,10", help="r_s values for the ordering table")
     ap.add_argument("--centre", default="none", choices=["none", "video", "camera"],
                     help="centre features per video / camera before denoising")
+    ap.add_argument("--whiten", type=int, default=0, help="PCA-whiten to this many dims (0: off)")
     ap.add_argument("--false-links", type=float, default=0.1, help="calibration link budget")
     ap.add_argument("--size", default="128x64", help="histogram image size HxW (the demo: 64x32)")
     args = ap.parse_args()
@@ -85,13 +86,16 @@ def main() -> None:
             link = tracklet_linking_map(feats, video, tracklet, true, centre_groups(df, c))
             print(f"| {c} | {link['mAP']:.3f} | {link['rank1']:.3f} | {link['queries']} |")
         groups = centre_groups(df, args.centre)
-        print(f"\ndenoising with features centred per {args.centre}, link budget "
-              f"{args.false_links} false links per tracklet")
+        whiten = args.whiten or None
+        print(f"\ndenoising with features centred per {args.centre}, "
+              + (f"whitened to {whiten} dimensions" if whiten else "not whitened")
+              + f", link budget {args.false_links} false links per tracklet")
 
         settings = [("paper", 0.2, 0.18)]
         for q in (float(v) for v in args.quantiles.split(",") if v):
             c = calibrate_thresholds(feats, video, tracklet, quantile=q,
-                                     false_links=args.false_links, centre=groups)
+                                     false_links=args.false_links, centre=groups,
+                                     whiten=whiten)
             print(f"calibrated q={q:g}: sigma_cst {c['sigma_cst']:.4f}, sigma_drm "
                   f"{c['sigma_drm']:.4f} (link probability {c['link_probability']:.1e}, "
                   f"{c['pairs']:,} cross-video tracklet pairs)")
@@ -104,7 +108,7 @@ def main() -> None:
         for name, sc, sd in settings:
             for sname, lv in stages:
                 r = denoise(feats, video, tracklet, sigma_cst=sc, sigma_drm=sd, levels=lv,
-                            centre=groups)
+                            centre=groups, whiten=whiten)
                 m = pairwise_precision_recall(r.identity, true)
                 moved = r.status_code != 0
                 noisy = noise != "none"
@@ -126,7 +130,7 @@ def main() -> None:
             for order in ("sequence", "coarse", "both"):
                 r = denoise(feats, video, tracklet, sigma_cst=sc, sigma_drm=sd,
                             range_half_width=rs, cross_order=order, noise_stats=False,
-                            centre=groups)
+                            centre=groups, whiten=whiten)
                 m = pairwise_precision_recall(r.identity, true)
                 base = m["hit_pairs"] if base is None else base
                 sec = {s["level"]: s for s in r.stats}["cross"]["seconds"]

@@ -53,6 +53,16 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     stages = results["denoising"]["stages"]
     assert [s["level"] for s in stages] == ["raw", "tracklet", "video", "cross"]
     assert stages[1]["precision"] >= stages[0]["precision"]   # level 1 removes noise
+    # the variants table: the library defaults first, the plan's setting once and marked, and
+    # its row is the pipeline's own last stage
+    den = results["denoising"]
+    variants = den["variants"]
+    assert (variants[0]["centre"], variants[0]["whiten"], variants[0]["false_links"]) == (None, None, 0.1)
+    used = [v for v in variants if v["used"]]
+    assert len(used) == 1 and (used[0]["centre"], used[0]["whiten"]) == (den["centre"], den["whiten"])
+    assert used[0]["precision"] == pytest.approx(stages[-1]["precision"])
+    assert used[0]["recall"] == pytest.approx(stages[-1]["recall"])
+    assert 0.0 < den["same_person_pair_share"] < 1.0
     report = (out / "report.md").read_text()
     for name, rel in results["figures"].items():
         assert (out / rel).stat().st_size > 1000, name
@@ -61,6 +71,7 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     assert "true identities (a perfect denoiser)" in report          # the oracle's reading
     assert "**Quick run**" in report                                  # no comparison at 80 steps
     assert "After a short supervised fine-tune" in report
+    assert "What each choice buys" in report and "**(used)**" in report
 
 
 def test_demo_refuses_an_unwritable_out(tmp_path, capsys):

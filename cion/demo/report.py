@@ -59,10 +59,10 @@ def _reading(zs: dict, den: dict, verdicts: dict) -> list[str]:
                 "never in camera, while every positive the benchmark scores is another camera. "
                 "Without their noisy images (ground truth) the same tracklets come level with "
                 "instance-level, not above it (`python benchmarks/demo_ablation.py --demo <this "
-                "folder> --labels clean_tracklet --seed 0`), and so do perfect single-video "
-                "identities, every tracklet of one person in one video joined from ground truth "
-                "(`--labels video_oracle`); the true identities across videos (`oracle`) are "
-                "far above. In this world what positives are worth depends on whether they "
+                "folder> --labels clean_tracklet --seed 0`), and perfect single-video identities, "
+                "every tracklet of one person in one video joined from ground truth (`--labels "
+                "video_oracle`), do not rise above it either; the true identities across videos "
+                "(`oracle`) are far above. In this world what positives are worth depends on whether they "
                 "cross cameras, which is what the cross-video level adds. The README gives the "
                 "measurements."]
     return out
