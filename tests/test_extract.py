@@ -108,3 +108,24 @@ def test_evaluate_with_a_zoo_model(tiny_world, tmp_path):
                             echo=lambda *a: None, device="cpu")
     assert report["feature_dim"] == 512 and 0 < report["plain"]["mAP"] <= 1
     assert report["plain"]["num_valid_queries"] == report["plain"]["num_queries"]
+
+
+def test_evaluate_reads_a_test_arch_backbone_file(tiny_world, tmp_path):
+    """A demo / test backbone file (``test_resnet``, not a zoo model) is evaluated from its
+    ``arch`` metadata, with the same numbers as the pre-training's own zero-shot scorer."""
+    from cion.evaluation.pipeline import evaluate_model
+    from cion.pretrain.backbone import build_backbone
+    from cion.pretrain.checkpoint import save_backbone
+    from cion.pretrain.evaluate import zero_shot_map
+
+    torch.manual_seed(0)
+    model = build_backbone("test_resnet", (64, 32)).eval()
+    path = tmp_path / "backbone.safetensors"
+    save_backbone(model, path, {"arch": "test_resnet"})
+    fm = load_model(str(path), img_size=(64, 32))
+    assert fm.name == "test_resnet:backbone.safetensors" and fm.dim == 64
+    report = evaluate_model(str(path), "market1501", Path(tiny_world) / "market", out_dir=tmp_path,
+                            img_size=(64, 32), figures=False, progress=False,
+                            echo=lambda *a: None, device="cpu")
+    expected = zero_shot_map(model, Path(tiny_world) / "market", (64, 32))
+    assert report["plain"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)

@@ -11,7 +11,7 @@ with mAP / rank-1 / mINP on the dataset's query / gallery split before and after
 
 The written ``backbone.safetensors`` has the key layout (and ``arch`` metadata) of a
 pre-training ``backbone.safetensors``: ``load_backbone(arch, path, img_size)`` reads it, and for
-ReIDZoo archs so do ``create_model(arch, checkpoint=path)`` and ``cion evaluate --model path``.
+ReIDZoo archs ``create_model(arch, checkpoint=path)``; ``cion evaluate --model path`` reads any.
 Training runs on ``cfg.device`` (``--device``); the before / after scoring on the CPU.
 """
 from __future__ import annotations
@@ -236,14 +236,8 @@ def format_summary(report: dict) -> str:
 
 
 def evaluate_hint(report: dict) -> str:
-    """How to score the written backbone later. ``cion evaluate`` builds ReIDZoo archs only;
-    the test archs go through :func:`cion.pretrain.backbone.load_backbone`."""
-    from cion.pretrain.backbone import TEST_ARCHS
-
+    """How to score the written backbone later (any arch: ``cion evaluate`` reads the arch from
+    the file's metadata)."""
     h, w = report["img_size"]
-    if report["arch"] in TEST_ARCHS:
-        return (f"load_backbone('{report['arch']}', '{report['backbone']}', ({h}, {w})) then "
-                f"cion.pretrain.evaluate.zero_shot_map(model, root, ({h}, {w})) (cion evaluate "
-                "reads ReIDZoo backbones only)")
     return (f"cion evaluate --model {report['backbone']} --dataset {report['reader']} "
             f"--root {report['data']} --img-size {h}x{w}")
