@@ -62,9 +62,11 @@ def _reading(zs: dict, den: dict, verdicts: dict) -> list[str]:
                 "folder> --labels clean_tracklet --seed 0`), and perfect single-video identities, "
                 "every tracklet of one person in one video joined from ground truth (`--labels "
                 "video_oracle`), do not rise above it either; the true identities across videos "
-                "(`oracle`) are far above. In this world what positives are worth depends on whether they "
-                "cross cameras, which is what the cross-video level adds. The README gives the "
-                "measurements."]
+                "(`oracle`) are far above. Instance-level DINO already puts most images next to frames "
+                "of their own tracklet; what it lacks is the same person in another video "
+                "(`python benchmarks/demo_neighbours.py --demo <this folder>`). In this world "
+                "what positives are worth depends on whether they cross cameras, which is what "
+                "the cross-video level adds. The README gives the measurements."]
     return out
 
 
