@@ -330,3 +330,12 @@ def test_whitening_evens_out_unrelated_distances():
     d_raw = 1 - np.einsum("ij,ij->i", raw[i], raw[j])
     d_white = 1 - np.einsum("ij,ij->i", white[i], white[j])
     assert d_white.std() < 0.75 * d_raw.std()
+
+
+def test_whitening_again_fits_afresh():
+    from cion.denoise.features import FeatureSource
+
+    X, _, _ = make_world(0, D=10)
+    once = FeatureSource(X).whiten(4).block(0, len(X))
+    twice = FeatureSource(X).whiten(6).whiten(4).block(0, len(X))
+    np.testing.assert_allclose(once @ once.T, twice @ twice.T, atol=1e-9)   # sign-free

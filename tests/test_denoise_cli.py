@@ -161,3 +161,22 @@ def test_calibration_counts_the_neighbours_a_tracklet_really_has():
     narrow = calibrate_thresholds(feats, video, tracklet, range_half_width=2)
     assert narrow["link_probability"] == pytest.approx(0.1 / 4)
     assert narrow["sigma_drm"] >= small["sigma_drm"]
+
+
+def test_tracklet_linking_map_known_values():
+    from cion.denoise.metrics import tracklet_linking_map
+
+    # people A and B, each one tracklet in video v0 and one in v1 (two rows per tracklet).
+    # A's two tracklets point the same way; B's v1 tracklet sits nearer A than B's v0 tracklet.
+    a, b0, b1 = [1.0, 0.0], [0.0, 1.0], [1.0, 0.3]
+    X = np.array([a, a, b0, b0, a, a, b1, b1])
+    video = np.array(["v0"] * 4 + ["v1"] * 4)
+    tracklet = np.array([1, 1, 2, 2, 1, 1, 2, 2])
+    true = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    r = tracklet_linking_map(X, video, tracklet, true)
+    # A(v0) and A(v1) find each other first (AP 1). B(v0): B(v1) at distance 1 - 0.3/|b1| comes
+    # before both A tracklets (distance 1): AP 1. B(v1): both A tracklets (distance 1 - 1/|b1|,
+    # the one in its own video is a valid negative, as in Market-1501) come before B(v0): AP 1/3
+    assert r["queries"] == 4
+    assert r["mAP"] == pytest.approx((1 + 1 + 1 + 1 / 3) / 4)
+    assert r["rank1"] == pytest.approx(3 / 4)

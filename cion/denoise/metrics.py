@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 
 def _pairs(counts) -> int:
@@ -65,8 +66,7 @@ def tracklet_linking_map(features, video, tracklet, true, centre=None) -> dict:
     key = pd.DataFrame({"v": np.asarray(video), "t": np.asarray(tracklet)})
     t_of = key.groupby(["v", "t"], sort=False).ngroup().to_numpy()
     T = int(t_of.max()) + 1
-    C = np.zeros((T, X.shape[1]))
-    np.add.at(C, t_of, X)
+    C = sp.csr_matrix((np.ones(len(t_of)), (t_of, np.arange(len(t_of)))), shape=(T, len(t_of))) @ X
     C /= np.linalg.norm(C, axis=1, keepdims=True).clip(min=1e-12)
     truth = pd.Series(np.asarray(true, dtype=np.int64))
     main = truth.groupby(t_of).agg(lambda s: s.mode().iloc[0]).to_numpy()
