@@ -70,12 +70,12 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None,
         arch = meta.get("arch")
         if arch is None:
             raise CionError(f"{path} has no 'arch' metadata; use --model NAME --checkpoint {path}")
-        spec, checkpoint = arch, path
         from cion.pretrain.backbone import TEST_ARCHS, feature_width, load_backbone
 
         if arch in TEST_ARCHS:        # the tiny test / demo backbones are not zoo models
             module = load_backbone(arch, path, size).eval()
             return FeatureModel(f"{arch}:{path.name}", module, size, feature_width(module, size))
+        spec, checkpoint = arch, path
     if spec not in list_models():
         raise CionError(f"unknown model '{spec}': use colour-hist, a ReIDZoo name "
                         f"({', '.join(list_models()[:4])}, ...; see `cion zoo list`) or a "

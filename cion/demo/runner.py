@@ -49,7 +49,7 @@ def denoise_levels(df: pd.DataFrame, features: np.ndarray, plan: DemoPlan) -> di
     from cion.denoise import denoise
     from cion.denoise.calibrate import calibrate_thresholds
     from cion.denoise.io import centre_groups
-    from cion.denoise.metrics import pairwise_precision_recall
+    from cion.denoise.metrics import pairwise_precision_recall, same_person_pair_share
 
     video, tracklet = df["video"].to_numpy(), df["tracklet"].to_numpy()
     truth = df["true_identity"].to_numpy(np.int64)
@@ -82,7 +82,8 @@ def denoise_levels(df: pd.DataFrame, features: np.ndarray, plan: DemoPlan) -> di
                          "sigma_drm": t["sigma_drm"], "identities": int(ident.max() + 1),
                          "precision": q["precision"], "recall": q["recall"], "used": used})
     return {"thresholds": th, "labels": labels, "stats": stats, "quality": quality,
-            "variants": variants, "same_person_pair_share": same_person_pair_share(df)}
+            "variants": variants,
+            "same_person_pair_share": same_person_pair_share(video, tracklet, truth)}
 
 
 def _variants(plan: DemoPlan) -> list[tuple]:
@@ -101,22 +102,6 @@ def extractor_name(plan: DemoPlan) -> str:
     return ("stripe colour histogram (cion.handcrafted), no training"
             + (f", centred per {plan.centre}" if plan.centre else "")
             + (f", PCA-whitened to {plan.whiten} dimensions" if plan.whiten else ""))
-
-
-def same_person_pair_share(df: pd.DataFrame) -> float:
-    """Share of the pairs of tracklets from different videos whose main true identity is the
-    same person (what the calibration's "almost never one person" assumes is ~0)."""
-    def pairs(counts) -> int:
-        c = np.asarray(counts, dtype=np.int64)
-        return int((c * (c - 1) // 2).sum())
-
-    person = df[df["true_identity"] >= 0]
-    main = (person.groupby(["video", "tracklet"])["true_identity"]
-            .agg(lambda s: s.mode().iloc[0]).reset_index())
-    cross = pairs([len(main)]) - pairs(main.groupby("video").size())
-    same = pairs(main.groupby("true_identity").size()) - pairs(
-        main.groupby(["true_identity", "video"]).size())
-    return same / cross if cross else 0.0
 
 
 def demo_recipe(plan: DemoPlan) -> dict:

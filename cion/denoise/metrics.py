@@ -8,6 +8,8 @@ contingency table, O(N log N), no pair is enumerated.
 
 :func:`tracklet_linking_map` asks of an extractor what the cross-video level needs from it: rank
 every other tracklet by centroid similarity, is the same person from another video on top?
+:func:`same_person_pair_share` says how dense a collection is (see
+:mod:`cion.denoise.calibrate`); both read the tracklets' ground truth from :func:`tracklet_truth`.
 """
 from __future__ import annotations
 
@@ -41,6 +43,38 @@ def pairwise_precision_recall(pred, true) -> dict:
             "true_pairs": true_pairs, "hit_pairs": hit}
 
 
+def tracklet_truth(video, tracklet, true) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-tracklet ground truth: ``(t_of, main, t_video)``.
+
+    ``t_of`` (N,) tracklet index of each row (0..T-1, in order of first appearance), ``main``
+    (T,) the tracklet's main true identity (its most frequent ``true``; ties: the smallest;
+    -1 when non-person rows dominate), ``t_video`` (T,) its video as an integer code.
+    """
+    video = pd.factorize(np.asarray(video))[0]
+    t_of = pd.DataFrame({"v": video, "t": np.asarray(tracklet)}).groupby(
+        ["v", "t"], sort=False).ngroup().to_numpy()
+    counts = (pd.DataFrame({"t": t_of, "y": np.asarray(true, dtype=np.int64)})
+              .value_counts().reset_index(name="n")
+              .sort_values(["t", "n", "y"], ascending=[True, False, True], kind="stable")
+              .drop_duplicates("t"))
+    main = counts["y"].to_numpy()[np.argsort(counts["t"].to_numpy())]
+    t_video = np.zeros(len(main), dtype=np.int64)
+    t_video[t_of] = video
+    return t_of, main, t_video
+
+
+def same_person_pair_share(video, tracklet, true) -> float:
+    """Share of the pairs of person tracklets from different videos whose main true identity
+    is the same (what a calibration that treats every such pair as two people assumes is ~0)."""
+    _, main, t_video = tracklet_truth(video, tracklet, true)
+    keep = main >= 0
+    main, t_video = main[keep], t_video[keep]
+    cross = _pairs([len(main)]) - _pairs(np.bincount(t_video))
+    key = pd.DataFrame({"y": main, "v": t_video})
+    same = _pairs(key.groupby("y").size()) - _pairs(key.groupby(["y", "v"]).size())
+    return same / cross if cross else 0.0
+
+
 def tracklet_linking_map(features, video, tracklet, true, centre=None) -> dict:
     """Cross-video tracklet retrieval with ground truth: mAP and rank-1 of tracklet centroids.
 
@@ -63,14 +97,10 @@ def tracklet_linking_map(features, video, tracklet, true, centre=None) -> dict:
     if centre is not None:
         src.centre(centre)
     X = src.block(0, src.n)
-    key = pd.DataFrame({"v": np.asarray(video), "t": np.asarray(tracklet)})
-    t_of = key.groupby(["v", "t"], sort=False).ngroup().to_numpy()
-    T = int(t_of.max()) + 1
+    t_of, main, vid = tracklet_truth(video, tracklet, true)
+    T = len(main)
     C = sp.csr_matrix((np.ones(len(t_of)), (t_of, np.arange(len(t_of)))), shape=(T, len(t_of))) @ X
     C /= np.linalg.norm(C, axis=1, keepdims=True).clip(min=1e-12)
-    truth = pd.Series(np.asarray(true, dtype=np.int64))
-    main = truth.groupby(t_of).agg(lambda s: s.mode().iloc[0]).to_numpy()
-    vid = pd.Series(pd.factorize(np.asarray(video))[0]).groupby(t_of).first().to_numpy()
     person = main >= 0
     dist = 1.0 - C[person] @ C.T
     res = evaluate_rank(dist, main[person], main, vid[person], vid, max_rank=1)
