@@ -11,7 +11,9 @@ backbone embeds the pre-training images and two rates are printed:
   person (what the benchmark asks for: its positives are always in another camera).
 
 Only images of a person count (false detections are left out as queries). O(N^2) similarities in
-blocks: meant for the demo's few thousand images.
+blocks: meant for the demo's few thousand images. ``--extra NAME=RUN_DIR`` adds backbones of
+other runs, e.g. those ``benchmarks/demo_ablation.py`` writes; they also get the pair-distance
+table of the demo report (:mod:`cion.demo.pairs`), printed for every backbone.
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ def neighbour_rates(features: np.ndarray, tracklet: np.ndarray, video: np.ndarra
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("demo_out"), help="a finished `cion demo --out`")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME=RUN_DIR",
+                    help="more backbones of the demo's arch (RUN_DIR/backbone.safetensors)")
     args = ap.parse_args()
 
     import torch
@@ -58,6 +62,9 @@ def main() -> None:
     import cion.compat  # noqa: F401  (torchvision on CPU-only torch)
     from cion.data.manifest import read_manifest, resolve_paths
     from cion.pretrain.backbone import build_backbone, load_backbone
+    from cion.demo.pairs import MARGIN, PAIR_KINDS
+    from cion.demo.plan import demo_plan
+    from cion.demo.runner import demo_recipe, pair_diagnostic
     from cion.pretrain.evaluate import extract_features
 
     results = args.demo / "results.json"
@@ -74,18 +81,34 @@ def main() -> None:
     print("| method | seed | nearest image in its own tracklet | nearest image from another video "
           "is the same person |")
     print("|---|---|---|---|")
-    for run in res["runs"]:
+    runs = list(res["runs"])
+    for item in args.extra:
+        name, sep, folder = item.partition("=")
+        backbone = Path(folder) / "backbone.safetensors"
+        if not sep or not backbone.exists():
+            raise SystemExit(f"--extra {item}: expected NAME=RUN_DIR with RUN_DIR/backbone.safetensors")
+        runs.append({"method": name, "seed": 0, "backbone": str(backbone)})
+    for run in runs:
         if run["method"] == "random":
             torch.manual_seed(run["seed"])          # the initialisation the trained runs start from
             model = build_backbone(arch, size)
         else:
             own = args.demo / "runs" / f"{run['method']}_seed{run['seed']}" / "backbone.safetensors"
-            model = load_backbone(arch, own if own.exists() else run["backbone"], size)
+            run["backbone"] = str(own if own.exists() else run["backbone"])
+            model = load_backbone(arch, run["backbone"], size)
         f = extract_features(model.eval(), paths, size).numpy().astype(np.float64)
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         r = neighbour_rates(f, tracklet, video, person)
         print(f"| {run['method']} | {run['seed']} | {r['same_tracklet']:.3f} | "
               f"{r['cross_video']:.3f} |", flush=True)
+
+    pairs = pair_diagnostic(df, runs, demo_recipe(demo_plan(res["plan"]["quick"])), threads=2)
+    kinds = PAIR_KINDS + (MARGIN,)
+    print("\nMean cosine distance between two clean pre-training images that share ...")
+    print("| method | seed | " + " | ".join(kinds) + " |\n|---|---|" + "---|" * len(kinds))
+    for method, row in pairs.items():
+        for one in row["seeds"]:
+            print(f"| {method} | {one['seed']} | " + " | ".join(f"{one[k]:.3f}" for k in kinds) + " |")
 
 
 if __name__ == "__main__":

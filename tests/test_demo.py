@@ -72,6 +72,11 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     assert "**Quick run**" in report                                  # no comparison at 80 steps
     assert "After a short supervised fine-tune" in report
     assert "What each choice buys" in report and "**(used)**" in report
+    pairs = results["pair_distances"]
+    assert set(pairs) == set(zs) and all(len(r["seeds"]) == 1 for r in pairs.values())
+    assert abs(pairs["cion"]["cross-video margin"] - (pairs["cion"]["other person, other video"]
+                                                      - pairs["cion"]["same person, other video"])) < 1e-12
+    assert "### Why: what each backbone makes of pairs" in report and "pair_distances.png" in report
 
 
 def test_demo_refuses_an_unwritable_out(tmp_path, capsys):

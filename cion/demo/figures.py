@@ -57,6 +57,30 @@ def plot_scores(table: dict, out: Path, tuned: dict | None = None) -> Path:
     return save_figure(fig, out)
 
 
+def plot_pair_distances(table: dict, out: Path) -> Path:
+    """Mean cosine distance between pre-training images by what they share
+    (:func:`cion.demo.pairs.measure`): one group of bars per kind of pair, one bar per method
+    (mean over seeds), the cross-video margin in the legend."""
+    from cion.demo.pairs import MARGIN, PAIR_KINDS
+
+    plt = pyplot()
+    methods = [m for m in METHODS if m in table]
+    x = np.arange(len(PAIR_KINDS))
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    for k, m in enumerate(methods):
+        ax.bar(x + (k - (len(methods) - 1) / 2) * width, [table[m][kind] for kind in PAIR_KINDS],
+               width, color=COLOURS[m], label=f"{m} (margin {table[m][MARGIN]:+.2f})")
+    ax.set_xticks(x)
+    ax.set_xticklabels([k.replace(", ", ",\n") for k in PAIR_KINDS], fontsize=8)
+    ax.set_ylabel("mean cosine distance")
+    ax.set_title("Pre-training images: how far apart each backbone puts two images that share ...",
+                 fontsize=10)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 def _benchmark(world: Path):
     from cion.pretrain.evaluate import read_market_split
 
@@ -65,7 +89,8 @@ def _benchmark(world: Path):
     return q, g
 
 
-def _model(method: str, runs: list[dict], arch: str, size, seed: int):
+def run_backbone(method: str, runs: list[dict], arch: str, size, seed: int):
+    """The backbone of one demo run (``random``: the initialisation the trained runs start from)."""
     import torch
 
     from cion.pretrain.backbone import build_backbone, load_backbone
@@ -141,7 +166,7 @@ def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, a
     for method in METHODS:
         if method not in table:
             continue
-        model = _model(method, runs, arch, size, seed)
+        model = run_backbone(method, runs, arch, size, seed)
         qf = extract_features(model, q[0], size).numpy()
         gf = extract_features(model, g[0], size).numpy()
         table[method]["same_camera_top1"] = same_camera_top1(qf, gf, q, g)

@@ -171,6 +171,33 @@ def summarise(runs: list[dict], key: str | None = None) -> dict:
     return table
 
 
+def pair_diagnostic(df: pd.DataFrame, runs: list[dict], recipe: dict, threads: int = 1) -> dict:
+    """:func:`cion.demo.pairs.measure` for every run (random initialisation included) on 400
+    seeded pairs of each kind of the clean pre-training images; views use the recipe's
+    augmentation (global crops only). Runs on ``threads`` CPU threads."""
+    import torch
+
+    from cion.data.manifest import resolve_paths
+    from cion.data.transforms import MultiCropAugment, MultiCropConfig
+    from cion.demo import pairs
+    from cion.demo.figures import run_backbone
+
+    size = tuple(recipe["global_size"])
+    clean = np.where(df["noise"].to_numpy() == "none", df["true_identity"].to_numpy(np.int64), -1)
+    sampled = pairs.sample_pairs(_global_tracklets(df), df["video"].factorize()[0], clean, seed=0)
+    augment = MultiCropAugment(MultiCropConfig(
+        global_size=size, local_crops=0, global_scale=tuple(recipe["global_scale"]),
+        **recipe.get("augment", {})))
+    models = ((r["method"], r["seed"], run_backbone(r["method"], runs, recipe["arch"], size, r["seed"]))
+              for r in runs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return pairs.measure(models, [str(p) for p in resolve_paths(df)], sampled, size, augment)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int = 0,
              workers: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Run the demo into ``out``; returns the content of ``out/results.json``."""
@@ -255,6 +282,8 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
     stage(6, "figures, report.md, results.json")
     t = time.perf_counter()
     figs = figures.make_all(out, world, den, runs, table, arch, size, plan, tuned)
+    pair_table = pair_diagnostic(df, runs, recipe, threads=plan.workers)
+    figs["pairs"] = figures.plot_pair_distances(pair_table, out / "figures" / "pair_distances.png")
     timings["figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     results = {
@@ -264,6 +293,7 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
         "finetuned": {m: {k: r[k] for k in ("mAP", "rank1", "mAP_std", "rank1_std", "seeds")}
                       for m, r in tuned.items()},
         "chance_same_camera_top1": figures.chance_same_camera(world),
+        "pair_distances": pair_table,
         "denoising": {"extractor": extractor_name(plan),
                       "centre": plan.centre, "whiten": plan.whiten,
                       "false_links": plan.false_links,

@@ -36,23 +36,33 @@ def read_market_split(folder: str | Path) -> tuple[list[str], np.ndarray, np.nda
     return [str(p) for p in files], np.array(pids), np.array(cams)
 
 
-@torch.no_grad()
-def extract_features(model: torch.nn.Module, paths: list[str], img_size=(256, 128),
-                     batch_size: int = 128, device="cpu") -> torch.Tensor:
-    """(N, D) L2-normalised features of images resized to ``img_size`` (H, W)."""
+def image_tensor(paths: list[str], img_size=(256, 128)) -> torch.Tensor:
+    """(N, 3, H, W) float32 images resized to ``img_size`` (H, W), ImageNet-normalised."""
     h, w = img_size
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR))
+                    for p in paths])
+    return (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128,
+          device="cpu") -> torch.Tensor:
+    """(N, D) L2-normalised features of (N, 3, H, W) ``images``, in eval mode."""
     was = model.training
     model.eval()
-    out = []
-    for s in range(0, len(paths), batch_size):
-        arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR))
-                        for p in paths[s:s + batch_size]])
-        x = (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        out.append(F.normalize(model(x.to(device)).float(), dim=1).cpu())
+    out = [F.normalize(model(images[s:s + batch_size].to(device)).float(), dim=1).cpu()
+           for s in range(0, len(images), batch_size)]
     model.train(was)
     return torch.cat(out)
+
+
+def extract_features(model: torch.nn.Module, paths: list[str], img_size=(256, 128),
+                     batch_size: int = 128, device="cpu") -> torch.Tensor:
+    """(N, D) L2-normalised features of images resized to ``img_size`` (H, W)."""
+    return torch.cat([embed(model, image_tensor(paths[s:s + batch_size], img_size), batch_size, device)
+                      for s in range(0, len(paths), batch_size)])
 
 
 def zero_shot_map(model: torch.nn.Module, market_root: str | Path, img_size=(256, 128),
