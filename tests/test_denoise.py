@@ -339,3 +339,28 @@ def test_whitening_again_fits_afresh():
     once = FeatureSource(X).whiten(4).block(0, len(X))
     twice = FeatureSource(X).whiten(6).whiten(4).block(0, len(X))
     np.testing.assert_allclose(once @ once.T, twice @ twice.T, atol=1e-9)   # sign-free
+
+
+def test_a_prepared_source_is_shared_by_calibration_and_denoising(tmp_path):
+    # one fitted centring + whitening, handed to calibrate_thresholds and then to denoise (twice),
+    # gives what each of them gives when it fits the same transform itself
+    from cion.denoise import calibrate_thresholds
+    from cion.denoise.features import prepare_features
+
+    X, vid, trk = make_world(1, D=10, videos=7)
+    path = tmp_path / "f.npy"
+    np.save(path, X)
+    src = prepare_features(path, centre=vid, whiten=6)
+    own = calibrate_thresholds(path, vid, trk, range_half_width=3, centre=vid, whiten=6)
+    shared = calibrate_thresholds(src, vid, trk, range_half_width=3)
+    assert shared == own
+    kw = dict(sigma_cst=own["sigma_cst"], sigma_drm=own["sigma_drm"], range_half_width=3)
+    ref = denoise(path, vid, trk, centre=vid, whiten=6, block_rows=4, **kw)
+    for _ in range(2):                                  # the source survives a denoising pass
+        got = denoise(src, vid, trk, block_rows=4, **kw)
+        np.testing.assert_array_equal(ref.identity, got.identity)
+        np.testing.assert_array_equal(ref.status_code, got.status_code)
+    assert got.params["whitened"] == 6 and got.params["centred"]
+    assert prepare_features(src) is src
+    with pytest.raises(CionError, match="already prepared"):
+        denoise(src, vid, trk, centre=vid, **kw)

@@ -48,24 +48,33 @@ def denoise_levels(df: pd.DataFrame, features: np.ndarray, plan: DemoPlan) -> di
     what each choice of the plan buys, made visible)."""
     from cion.denoise import denoise
     from cion.denoise.calibrate import calibrate_thresholds
+    from cion.denoise.features import prepare_features
     from cion.denoise.io import centre_groups
     from cion.denoise.metrics import pairwise_precision_recall, same_person_pair_share
 
     video, tracklet = df["video"].to_numpy(), df["tracklet"].to_numpy()
     truth = df["true_identity"].to_numpy(np.int64)
 
+    prepared: dict[tuple, object] = {}
+
+    def source(centre, whiten):
+        """The features centred / whitened one way, fitted once and shared by every call."""
+        if (centre, whiten) not in prepared:
+            prepared[(centre, whiten)] = prepare_features(
+                features, centre=centre_groups(df, centre), whiten=whiten)
+        return prepared[(centre, whiten)]
+
     def thresholds(centre, whiten, false_links: float) -> dict:
-        return calibrate_thresholds(features, video, tracklet, quantile=plan.calibrate_quantile,
-                                    false_links=false_links, range_half_width=1000,
-                                    centre=centre_groups(df, centre), whiten=whiten)
+        return calibrate_thresholds(source(centre, whiten), video, tracklet,
+                                    quantile=plan.calibrate_quantile, false_links=false_links,
+                                    range_half_width=1000)
 
     th = thresholds(plan.centre, plan.whiten, plan.false_links)
     labels = {"raw": _global_tracklets(df)}
     full = None
     for levels in LEVEL_SETS:
-        res = denoise(features, video, tracklet, sigma_cst=th["sigma_cst"],
-                      sigma_drm=th["sigma_drm"], levels=levels,
-                      centre=centre_groups(df, plan.centre), whiten=plan.whiten)
+        res = denoise(source(plan.centre, plan.whiten), video, tracklet, sigma_cst=th["sigma_cst"],
+                      sigma_drm=th["sigma_drm"], levels=levels)
         labels[levels[-1]] = res.identity
         full = res
     stats = full.stats                                   # raw, tracklet, video, cross
@@ -75,8 +84,8 @@ def denoise_levels(df: pd.DataFrame, features: np.ndarray, plan: DemoPlan) -> di
         used = (centre, whiten, fl) == (plan.centre, plan.whiten, plan.false_links)
         t = th if used else thresholds(centre, whiten, fl)
         ident = labels["cross"] if used else denoise(
-            features, video, tracklet, sigma_cst=t["sigma_cst"], sigma_drm=t["sigma_drm"],
-            centre=centre_groups(df, centre), whiten=whiten, noise_stats=False).identity
+            source(centre, whiten), video, tracklet, sigma_cst=t["sigma_cst"],
+            sigma_drm=t["sigma_drm"], noise_stats=False).identity
         q = pairwise_precision_recall(ident, truth)
         variants.append({"centre": centre, "whiten": whiten, "false_links": fl,
                          "sigma_drm": t["sigma_drm"], "identities": int(ident.max() + 1),

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cion.denoise.features import FeatureSource, open_features
+from cion.denoise.features import prepare_features
 
 
 def calibrate_thresholds(features, video, tracklet, *, quantile: float = 0.8,
@@ -41,7 +41,8 @@ def calibrate_thresholds(features, video, tracklet, *, quantile: float = 0.8,
     """Thresholds from the features' own distances (see the module docstring).
 
     Args:
-        features: (N, D) array or ``.npy`` path; video, tracklet: (N,) as for ``denoise``.
+        features: (N, D) array or ``.npy`` path, or a prepared source, as for ``denoise``;
+            video, tracklet: (N,) as for ``denoise``.
         quantile: in (0, 1), quantile of within-tracklet leave-one-out deviations -> sigma_cst.
         false_links: expected false links per tracklet allowed -> sigma_drm.
         range_half_width: the ``r_s`` the thresholds are meant for.
@@ -62,11 +63,7 @@ def calibrate_thresholds(features, video, tracklet, *, quantile: float = 0.8,
         raise CionError(f"calibration quantile {quantile} must lie strictly between 0 and 1")
     if false_links <= 0:
         raise CionError(f"false_links {false_links} must be > 0")
-    src = FeatureSource(open_features(features))
-    if centre is not None:
-        src.centre(centre)
-    if whiten:
-        src.whiten(int(whiten))
+    src = prepare_features(features, centre=centre, whiten=whiten)
     order, tid_pos, tstart, tvideo, _ = _layout(video, tracklet, src.n)
     S, p, q = read_tracklet_sums(src, order, tstart, block_rows)
     cnt = np.diff(tstart).astype(np.float64)

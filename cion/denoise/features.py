@@ -258,3 +258,35 @@ class FeatureSource:
                 mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
         except (OSError, ValueError):
             pass
+
+
+def prepare_features(features, *, centre=None, whiten: int | None = None,
+                     threads: int | None = None) -> FeatureSource:
+    """Open ``features`` and fit the optional centring and whitening once.
+
+    Args:
+        features: (N, D) array or ``.npy`` path (memory-mapped), or a :class:`FeatureSource`
+            already prepared (returned as it is; ``centre`` / ``whiten`` must then be unset).
+        centre: None or (N,) group of each row (:meth:`FeatureSource.centre`).
+        whiten: None / 0, or the dimensions kept (:meth:`FeatureSource.whiten`).
+        threads: threads for the passes over the features.
+
+    The result can be handed to :func:`~cion.denoise.calibrate_thresholds`,
+    :func:`~cion.denoise.denoise` and :func:`~cion.denoise.metrics.tracklet_linking_map` in
+    turn, which then share one fitted transform instead of each re-fitting it (two passes over
+    the features each).
+    """
+    if isinstance(features, FeatureSource):
+        if centre is not None or whiten:
+            raise CionError("these features are already prepared: centre / whiten them in "
+                            "prepare_features, not again here")
+        return features
+    named = isinstance(features, (str, os.PathLike))
+    src = FeatureSource(open_features(features), str(features) if named else "features",
+                        threads=threads)
+    if src.n and centre is not None:
+        src.centre(centre)
+    if src.n and whiten:
+        src.whiten(int(whiten))
+    return src
+

@@ -65,7 +65,7 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
     """
     from cion.data.manifest import read_manifest, write_manifest
     from cion.denoise.calibrate import calibrate_thresholds
-    from cion.denoise.features import open_features
+    from cion.denoise.features import open_features, prepare_features
     from cion.denoise.figure import plot_levels
     from cion.denoise.pipeline import denoise, parse_levels
 
@@ -80,18 +80,17 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
         raise CionError(f"{features} has {X.shape[0]} rows but {manifest} has {len(df)}; features "
                         "must hold one row per manifest row, in manifest order (re-run `cion "
                         "extract` on this manifest)")
-    groups = centre_groups(df, centre, manifest)
+    # centring / whitening fitted once, shared by the calibration and the denoising
+    src = prepare_features(features, centre=centre_groups(df, centre, manifest), whiten=whiten)
     calib = None
     if calibrate is not None:
-        calib = calibrate_thresholds(features, df["video"].to_numpy(), df["tracklet"].to_numpy(),
+        calib = calibrate_thresholds(src, df["video"].to_numpy(), df["tracklet"].to_numpy(),
                                      quantile=float(calibrate), false_links=false_links,
-                                     range_half_width=range_half_width, centre=groups,
-                                     whiten=whiten)
+                                     range_half_width=range_half_width)
         sigma_cst, sigma_drm = calib["sigma_cst"], calib["sigma_drm"]
-    res = denoise(features, df["video"].to_numpy(), df["tracklet"].to_numpy(),
+    res = denoise(src, df["video"].to_numpy(), df["tracklet"].to_numpy(),
                   sigma_cst=sigma_cst, sigma_drm=sigma_drm, range_half_width=range_half_width,
-                  levels=lv, cross_order=cross_order, progress=progress, centre=groups,
-                  whiten=whiten)
+                  levels=lv, cross_order=cross_order, progress=progress)
     result = df.copy()
     result["identity"] = res.identity
     result["status"] = res.status.astype(str)

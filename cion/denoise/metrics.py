@@ -90,12 +90,10 @@ def tracklet_linking_map(features, video, tracklet, true, centre=None) -> dict:
     Returns:
         ``{"mAP", "rank1", "queries"}`` (queries: tracklets whose person is in another video).
     """
-    from cion.denoise.features import FeatureSource, open_features
+    from cion.denoise.features import prepare_features
     from cion.evaluation import evaluate_rank
 
-    src = FeatureSource(open_features(features))
-    if centre is not None:
-        src.centre(centre)
+    src = prepare_features(features, centre=centre)
     X = src.block(0, src.n)
     t_of, main, vid = tracklet_truth(video, tracklet, true)
     T = len(main)

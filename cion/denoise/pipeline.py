@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cion.denoise.cross import ORDERS, cross_links
-from cion.denoise.features import FeatureSource, open_features
+from cion.denoise.features import FeatureSource, prepare_features
 from cion.denoise.noise import noise_from_dots
 from cion.denoise.parallel import single_threaded_blas
 from cion.denoise.reference import LEVELS
@@ -205,6 +205,9 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
     Args:
         features: (N, D) float16/32/64 array or ``.npy`` path (opened memory-mapped), one
             feature per manifest row; need not be normalised (rows are L2-normalised here).
+            Or a :func:`~cion.denoise.features.prepare_features` source (centred / whitened
+            once, shared with :func:`~cion.denoise.calibrate_thresholds`; ``threads`` is then
+            the source's).
         video: (N,) video of each row; tracklet: (N,) tracklet id of each row (unique per video).
         sigma_cst: intra-consistency threshold (paper 0.2): exclusion at ``>=``, reallocation
             at ``<``. sigma_drm: inter-discrimination threshold (paper 0.18), link at ``<``.
@@ -240,15 +243,9 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             raise CionError(f"{name} = {val} is outside (0, 2]; cosine distances lie in [0, 2]")
     if int(range_half_width) < 0:
         raise CionError(f"range half-width {range_half_width} must be >= 0")
-    X = open_features(features)
-    src = FeatureSource(X, str(features) if isinstance(features, (str, bytes)) or
-                        hasattr(features, "__fspath__") else "features", threads=threads)
+    src = prepare_features(features, centre=centre, whiten=whiten, threads=threads)
     if src.n == 0:
         raise CionError("nothing to denoise: the features / manifest have no rows")
-    if centre is not None:
-        src.centre(centre)
-    if whiten:
-        src.whiten(int(whiten))
     n, D = src.n, src.dim
     order, tid_pos, tstart, tvideo, vtstart = _layout(video, tracklet, n)
     T = len(tstart) - 1
