@@ -1,6 +1,5 @@
 """The demo's pair-distance diagnostic (cion.demo.pairs): the right pairs, the right distances."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
