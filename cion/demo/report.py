@@ -62,8 +62,8 @@ def _reading(zs: dict, den: dict, verdicts: dict) -> list[str]:
                 "folder> --labels clean_tracklet --seed 0`), and perfect single-video identities, "
                 "every tracklet of one person in one video joined from ground truth (`--labels "
                 "video_oracle`), do not rise above it either; the true identities across videos "
-                "(`oracle`) are far above, and a three times longer budget widens instance-level's "
-                "lead rather than closing it (`--steps`). In this world what positives are worth "
+                "(`oracle`) are far above, and a three times longer budget (`--steps 2700`) widens "
+                "instance-level's lead rather than closing it. In this world what positives are worth "
                 "depends on whether they cross cameras, which is what the cross-video level adds; "
                 "the pair distances below show it in the features. The README gives the "
                 "measurements."]

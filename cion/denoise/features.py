@@ -289,4 +289,3 @@ def prepare_features(features, *, centre=None, whiten: int | None = None,
     if src.n and whiten:
         src.whiten(int(whiten))
     return src
-
