@@ -63,7 +63,9 @@ def _reading(zs: dict, den: dict, verdicts: dict) -> list[str]:
                 "every tracklet of one person in one video joined from ground truth (`--labels "
                 "video_oracle`), do not rise above it either; the true identities across videos "
                 "(`oracle`) are far above, and a three times longer budget (`--steps 2700`) widens "
-                "instance-level's lead rather than closing it. In this world what positives are worth "
+                "instance-level's lead rather than closing it, and a contrastive loss with in-batch "
+                "negatives in place of self-distillation does not reverse it either "
+                "(`python benchmarks/contrastive_positives.py`). In this world what positives are worth "
                 "depends on whether they cross cameras, which is what the cross-video level adds; "
                 "the pair distances below show it in the features. The README gives the "
                 "measurements."]
