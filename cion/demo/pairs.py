@@ -35,11 +35,12 @@ def sample_pairs(tracklet: np.ndarray, video: np.ndarray, person: np.ndarray, n:
     rng = np.random.default_rng(seed)
     ok = np.flatnonzero(person >= 0)
     anchors = np.sort(rng.choice(ok, size=min(n, len(ok)), replace=False))
+    t_ok, v_ok, p_ok = tracklet[ok], video[ok], person[ok]        # the usable rows' labels
     rules = {
-        "same tracklet": lambda a: (tracklet[ok] == tracklet[a]) & (ok != a),
-        "same video, other person": lambda a: (video[ok] == video[a]) & (person[ok] != person[a]),
-        "same person, other video": lambda a: (video[ok] != video[a]) & (person[ok] == person[a]),
-        "other person, other video": lambda a: (video[ok] != video[a]) & (person[ok] != person[a]),
+        "same tracklet": lambda a: (t_ok == tracklet[a]) & (ok != a),
+        "same video, other person": lambda a: (v_ok == video[a]) & (p_ok != person[a]),
+        "same person, other video": lambda a: (v_ok != video[a]) & (p_ok == person[a]),
+        "other person, other video": lambda a: (v_ok != video[a]) & (p_ok != person[a]),
     }
     pairs = {PAIR_KINDS[0]: (anchors, anchors.copy())}
     for kind in PAIR_KINDS[1:]:
@@ -105,4 +106,3 @@ def measure(models, paths: list[str], pairs: dict, size, augment) -> dict[str, d
         for kind in PAIR_KINDS + (MARGIN,):
             row[kind] = float(np.mean([s[kind] for s in row["seeds"]]))
     return table
-
