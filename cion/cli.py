@@ -17,21 +17,44 @@ from cion.errors import CionError
 HELP = """CION person re-identification pre-training and the ReIDZoo backbones.
 
 \b
-The flow, one command per stage (files in between: Parquet manifests,
+The flow, one command per stage, plain files in between (Parquet manifests,
 .npy features, safetensors weights, JSON stats):
-  synth     make the synthetic pedestrian world (noisy tracklets + a Market-style benchmark)
-  ingest    videos / image folders -> tracklet manifest
-  extract   images -> L2-normalised features (.npy)
-  denoise   tracklets -> cross-video identities (progressive multi-level denoising)
-  pretrain  identity-guided self-distillation of any ReIDZoo backbone
-  finetune  supervised BNNeck ReID training (MGN, Cluster Contrast: not yet)
-  evaluate  mAP / CMC / mINP, re-ranking, ranked lists
-  zoo       list, inspect, convert and export the 32 ReIDZoo backbones
-  demo      the whole flow on the synthetic world, with a report
-Commands not listed below have not landed yet.
+  ingest -> extract -> denoise -> pretrain -> finetune -> evaluate
+`cion synth` makes a synthetic world to try it on; `cion demo` runs the whole flow on it.
+The same option means the same thing in every command: --data (input), --out (output),
+--img-size HEIGHTxWIDTH, --device, --seed, --workers.
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
+#: The sub-commands in the order of the flow, each with its one-line description for
+#: ``cion --help`` (commands missing here are listed after them, in the order they were added).
+FLOW = {
+    "synth": "Synthetic world: noisy tracklets + a Market-style benchmark.",
+    "ingest": "Videos / image folders -> tracklet manifest.",
+    "extract": "Images -> L2-normalised features (.npy, manifest row order).",
+    "denoise": "Tracklets -> cross-video identities (multi-level denoising).",
+    "pretrain": "Identity-guided self-distillation of a ReIDZoo backbone.",
+    "finetune": "Supervised BNNeck ReID fine-tuning of a pre-trained backbone.",
+    "evaluate": "mAP / CMC / mINP on a ReID benchmark, ranked lists.",
+    "zoo": "The 32 ReIDZoo backbones: list, inspect, convert, export.",
+    "demo": "The whole flow on the synthetic world, with a report.",
+}
+
+
+class _FlowGroup(typer.core.TyperGroup):
+    """``cion``'s command group: sub-commands listed in the order of :data:`FLOW`."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: list(FLOW).index(n) if n in FLOW else len(FLOW))
+
+    def get_command(self, ctx, name: str):
+        command = super().get_command(ctx, name)
+        if command is not None and name in FLOW:
+            command.short_help = FLOW[name]
+        return command
+
+
+app = typer.Typer(cls=_FlowGroup, help=HELP, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None)
 
 # Typer vendors its own click; its exception classes are reached through these public names.
@@ -43,6 +66,27 @@ _ClickException = typer.BadParameter.__mro__[2]
 def _root() -> None:
     # a callback makes `cion` a command group even while it has a single command
     pass
+
+
+def _renamed(value, old_value, new: str, old: str, required: bool = False):
+    """The value of an option renamed from ``old`` to ``new``; ``old`` stays as a hidden alias
+    so that existing scripts keep working (it wins when given)."""
+    if old_value is not None:
+        if required and value is not None:
+            raise CionError(f"give {new} once ({old} is its former name)")
+        return old_value
+    if required and value is None:
+        raise CionError(f"missing option {new}")
+    return value
+
+
+def _device(value: str) -> Optional[str]:
+    """``--device``: 'auto' -> None (the functions pick CUDA when available)."""
+    return None if value == "auto" else value
+
+
+#: ``show_default`` text of pre-training options whose default comes from the YAML recipe
+_RECIPE = "from --config"
 
 
 def _parse_size(text: str, option: str) -> tuple[int, int]:
@@ -62,13 +106,14 @@ def synth(
     identities: int = typer.Option(300, help="People in the noisy pre-training set (output A)."),
     videos: int = typer.Option(80, help="Videos in the pre-training set."),
     cameras: int = typer.Option(6, help="Cameras, each with its own look."),
-    image_size: str = typer.Option("128x64", help="Crop size HEIGHTxWIDTH."),
+    img_size: str = typer.Option("128x64", "--img-size", help="Crop size HEIGHTxWIDTH."),
     bench_identities: int = typer.Option(200, help="People in the benchmark (output B), half train / half test."),
     switch_rate: float = typer.Option(0.05, help="Share of person-tracklet rows that are ID switches."),
     false_detection_rate: float = typer.Option(0.05, help="Share of rows that are false detections."),
     fragment_rate: float = typer.Option(0.25, help="Share of appearances split into several tracklets."),
     seed: int = typer.Option(0, help="Everything is a function of this seed."),
-    workers: int = typer.Option(1, help="Processes rendering images (output is identical for any value)."),
+    workers: int = typer.Option(1, help="Worker processes rendering images (output is identical for any value)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", hidden=True),   # former name of --img-size
 ) -> None:
     """Generate the synthetic pedestrian world: noisy pre-training tracklets (A), a Market-1501
     layout benchmark with disjoint identities (B), and a contact sheet."""
@@ -76,7 +121,8 @@ def synth(
 
     cfg = WorldConfig(
         identities=identities, videos=videos, cameras=cameras,
-        image_size=_parse_size(image_size, "--image-size"), bench_identities=bench_identities,
+        image_size=_parse_size(_renamed(img_size, image_size, "--img-size", "--image-size"), "--img-size"),
+        bench_identities=bench_identities,
         switch_rate=switch_rate, false_detection_rate=false_detection_rate,
         fragment_rate=fragment_rate, seed=seed)
     summary = generate_world(out, cfg, workers=workers, progress=True)
@@ -85,7 +131,8 @@ def synth(
 
 @app.command()
 def denoise(
-    manifest: Path = typer.Option(..., "--manifest", help="Input tracklet manifest (Parquet)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Input tracklet manifest (Parquet).  [required]",
+                                        show_default=False),
     features: Path = typer.Option(..., "--features", help="Features .npy (manifest rows x D, fp16/fp32)."),
     out: Path = typer.Option(..., "--out", help="Output manifest OUT.parquet (+ OUT.stats.json, OUT.png)."),
     sigma_cst: float = typer.Option(0.2, "--sigma-cst", help="Intra-consistency threshold (paper 0.2)."),
@@ -98,7 +145,8 @@ def denoise(
         None, "--calibrate", help="Choose the thresholds from the features instead (for extractors "
         "other than the paper's ReID ViT-B): sigma_cst = this quantile (e.g. 0.8) of within-tracklet "
         "deviations; sigma_drm = the distance at which random tracklet pairs from different videos "
-        "link with probability FALSE_LINKS / (2 * range). Values used go to OUT.stats.json."),
+        "link with probability FALSE_LINKS / (2 * range). Values used go to OUT.stats.json.",
+        show_default="off: --sigma-cst / --sigma-drm"),
     false_links: float = typer.Option(
         0.1, "--false-links", help="With --calibrate: false cross-video links allowed per tracklet. "
         "Raise it (e.g. 1.0) for small collections where the same people fill many videos."),
@@ -109,10 +157,12 @@ def denoise(
         0, "--whiten", help="PCA-whiten the (centred) features to this many dimensions first "
         "(0: off); makes distances between unrelated images more alike, so a threshold links "
         "more true pairs before wrong ones chain."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", hidden=True),   # former name of --data
 ) -> None:
     """Progressive multi-level denoising: tracklets -> cross-video identities (paper Eq. 1-7)."""
     from cion.denoise.io import denoise_manifest, output_paths
 
+    manifest = _renamed(data, manifest, "--data", "--manifest", required=True)
     stats = denoise_manifest(manifest, features, out, sigma_cst=sigma_cst, sigma_drm=sigma_drm,
                              range_half_width=range_half_width, levels=levels,
                              cross_order=cross_order, calibrate=calibrate,
@@ -139,16 +189,24 @@ def pretrain(
     arch: Optional[str] = typer.Option(None, "--arch", help="Backbone name (cion zoo list); default from --config."),
     out: Path = typer.Option(..., "--out", help="Run directory; running again with the same --out resumes."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML recipe (default configs/pretrain/<arch>.yaml when present)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="GLOBAL batch size in images (all processes)."),
-    local_crops: Optional[int] = typer.Option(None, "--local-crops", help="Local views per image."),
-    global_size: Optional[str] = typer.Option(None, "--global-size", help="Global view size HEIGHTxWIDTH (256x128)."),
-    local_size: Optional[str] = typer.Option(None, "--local-size", help="Local view size HEIGHTxWIDTH (128x64)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random choice."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps in total."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader processes per training process."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs.", show_default=_RECIPE),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="GLOBAL batch size in images (all processes).",
+                                             show_default=_RECIPE),
+    local_crops: Optional[int] = typer.Option(None, "--local-crops", help="Local views per image.",
+                                              show_default=_RECIPE),
+    global_size: Optional[str] = typer.Option(None, "--global-size", help="Global view size HEIGHTxWIDTH "
+                                              "(zoo recipes 256x128).", show_default=_RECIPE),
+    local_size: Optional[str] = typer.Option(None, "--local-size", help="Local view size HEIGHTxWIDTH "
+                                             "(zoo recipes 128x64).", show_default=_RECIPE),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random choice.", show_default=_RECIPE),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps in total.",
+                                            show_default="all epochs"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loader worker processes per training process.",
+                                          show_default=_RECIPE),
+    device: Optional[str] = typer.Option(None, "--device", help="Where it runs: auto (cuda if available) | cpu | "
+                                         "cuda (under torchrun: one GPU per process).", show_default=_RECIPE),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | "
+                                            "bf16 | fp16.", show_default=_RECIPE),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Identity-guided self-distillation (CION) of any ReIDZoo backbone; works under torchrun."""
@@ -183,7 +241,8 @@ app.add_typer(zoo_app, name="zoo")
 
 
 @zoo_app.command("list")
-def zoo_list(family: Optional[str] = typer.Option(None, "--family", help="Only this family (e.g. vit).")) -> None:
+def zoo_list(family: Optional[str] = typer.Option(None, "--family", help="Only this family (e.g. vit).",
+                                                   show_default="all")) -> None:
     """One line per model: family, parameters, feature width, the authors' finetuned mAP."""
     from cion.models import list_models, model_info
 
@@ -237,19 +296,22 @@ def zoo_convert(
 @zoo_app.command("export")
 def zoo_export(
     name: str = typer.Argument(..., help="Model name (cion zoo list)."),
-    onnx: Path = typer.Option(..., "--onnx", help="Output .onnx file."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: our .safetensors or the authors' .pth."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output .onnx file.  [required]", show_default=False),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: our .safetensors or the authors' .pth.",
+                                              show_default="random init"),
     img_size: str = typer.Option("256x128", "--img-size", help="Input HEIGHTxWIDTH baked into the graph."),
     reparameterize: bool = typer.Option(True, "--reparameterize/--no-reparameterize",
                                         help="Fold RepViT/FastViT branches first (ignored for other families)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (VOLO needs >= 18)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch outputs."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", hidden=True),   # former name of --out
 ) -> None:
     """Export a backbone to ONNX (dynamic batch) and check it with onnxruntime."""
     from cion.models import create_model, model_info
     from cion.models.export import export_onnx
     from cion.models.reparam import reparameterize as fold
 
+    onnx = _renamed(out, onnx, "--out", "--onnx", required=True)
     size = _parse_size(img_size, "--img-size")
     model = create_model(name, checkpoint=checkpoint).eval()
     if reparameterize and model_info(name)["reparameterizable"]:
@@ -265,7 +327,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Small world, one seed, 80 steps: about a minute "
                                "(a smoke test; its scores are no comparison)."),
     seed: int = typer.Option(0, help="Seed of the world and of the first pre-training run."),
-    workers: Optional[int] = typer.Option(None, help="Pre-training runs in parallel (default 2)."),
+    workers: int = typer.Option(2, help="Worker processes: pre-training runs in parallel (at most the CPU count)."),
 ) -> None:
     """The whole CION flow on the synthetic world: world -> features -> denoising ->
     pre-training of 5 labellings (+ random init) -> zero-shot evaluation and a short
@@ -285,21 +347,22 @@ def extract(
     out: Path = typer.Option(..., "--out", help="Features file F.npy; the manifest goes to "
                              "F.manifest.parquet and run info to F.json beside it."),
     checkpoint: Optional[Path] = typer.Option(None, help="Weights for a ReIDZoo --model "
-                                              "(.safetensors or the authors' .pth)."),
-    img_size: Optional[str] = typer.Option(None, help="Input HEIGHTxWIDTH (default 256x128; "
-                                           "colour-hist 64x32)."),
+                                              "(.safetensors or the authors' .pth).",
+                                              show_default="random init"),
+    img_size: Optional[str] = typer.Option(None, help="Input HEIGHTxWIDTH.",
+                                           show_default="256x128; colour-hist 64x32"),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Average with the mirrored image."),
     dtype: str = typer.Option("float16", help="float16 or float32."),
-    device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda if available)."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", help="Where it runs: auto (cuda if available) | cpu | cuda | cuda:N."),
+    workers: int = typer.Option(0, help="Data-loader worker processes."),
 ) -> None:
     """Images -> L2-normalised features (.npy, manifest row order), batched, with progress."""
     from cion.extract import extract_to_files
 
     size = _parse_size(img_size, "--img-size") if img_size else None
     info = extract_to_files(data, model, out, checkpoint=checkpoint, img_size=size,
-                            batch_size=batch_size, flip=flip, dtype=dtype, device=device,
+                            batch_size=batch_size, flip=flip, dtype=dtype, device=_device(device),
                             workers=workers)
     typer.echo(f"{info['rows']} x {info['dim']} {info['dtype']} features -> {info['features']} "
                f"({info['images_per_second']} images/s)\nmanifest -> {info['manifest']}")
@@ -312,28 +375,33 @@ def evaluate(
     dataset: str = typer.Option(..., "--dataset", help="market1501 | msmt17 (V1/V2 detected) | "
                                 "folder (query/ + gallery/ identity folders) | table (CSV/Parquet "
                                 "with a split column)."),
-    root: Path = typer.Option(..., "--root", help="Dataset folder (or the table file)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder (or the table file).  [required]",
+                                        show_default=False),
     rerank: bool = typer.Option(False, "--rerank/--no-rerank", help="Also k-reciprocal re-ranking."),
     out: Path = typer.Option(Path("cion_eval"), "--out", help="Folder for metrics.json and PNGs."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Weights for a ReIDZoo --model."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Weights for a ReIDZoo --model.",
+                                              show_default="random init"),
     metric: str = typer.Option("cosine", help="cosine | euclidean | sqeuclidean."),
     k1: int = typer.Option(20, help="Re-ranking k1."),
     k2: int = typer.Option(6, help="Re-ranking k2."),
     lambda_value: float = typer.Option(0.3, "--lambda", help="Re-ranking weight of the original distance."),
-    img_size: Optional[str] = typer.Option(None, help="Input HEIGHTxWIDTH (default 256x128; colour-hist 64x32)."),
+    img_size: Optional[str] = typer.Option(None, help="Input HEIGHTxWIDTH.",
+                                           show_default="256x128; colour-hist 64x32"),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Average with the mirrored image."),
-    device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda if available)."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", help="Where it runs: auto (cuda if available) | cpu | cuda | cuda:N."),
+    workers: int = typer.Option(0, help="Data-loader worker processes."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Ranked lists, t-SNE, CMC PNGs."),
+    root: Optional[Path] = typer.Option(None, "--root", hidden=True),   # former name of --data
 ) -> None:
     """mAP / CMC / mINP of a model on a ReID benchmark: table, metrics.json and PNG figures."""
     from cion.evaluation.pipeline import evaluate_model, format_table
 
+    root = _renamed(data, root, "--data", "--root", required=True)
     size = _parse_size(img_size, "--img-size") if img_size else None
     report = evaluate_model(model, dataset, root, checkpoint=checkpoint, out_dir=out, rerank=rerank,
                             k1=k1, k2=k2, lambda_value=lambda_value, metric=metric,
-                            batch_size=batch_size, flip=flip, img_size=size, device=device,
+                            batch_size=batch_size, flip=flip, img_size=size, device=_device(device),
                             workers=workers, figures=figures, echo=typer.echo)
     typer.echo(format_table(report))
     typer.echo(f"numbers -> {report['json']}")

@@ -44,7 +44,7 @@ def test_market_reader(tmp_path):
 
 def test_market_bad_layouts_say_what_was_expected(tmp_path):
     make_market(tmp_path / "Market-1501-v15.09.15")
-    with pytest.raises(DatasetLayoutError, match="Did you mean --root .*Market-1501-v15.09.15"):
+    with pytest.raises(DatasetLayoutError, match="Did you mean --data .*Market-1501-v15.09.15"):
         read_market1501(tmp_path)
     with pytest.raises(DatasetLayoutError, match="missing \\['bounding_box_train'"):
         read_market1501(tmp_path / "nowhere")
@@ -92,7 +92,7 @@ def test_msmt_errors(tmp_path):
         read_msmt17(tmp_path)
     other = tmp_path / "other"
     make_msmt(other / "MSMT17_V1", "V1")
-    with pytest.raises(DatasetLayoutError, match="Did you mean --root .*MSMT17_V1"):
+    with pytest.raises(DatasetLayoutError, match="Did you mean --data .*MSMT17_V1"):
         read_msmt17(other)
     bad = tmp_path / "bad"
     make_msmt(bad, "V1")

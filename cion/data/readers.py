@@ -144,8 +144,8 @@ def read_market1501(root: str | os.PathLike, keep_junk: bool = False) -> ReidDat
     missing = [s for s in MARKET_DIRS if not (root / s).is_dir()]
     if missing:
         child = _find_child_with(root, MARKET_DIRS)
-        hint = (f"Did you mean --root {child}?" if child else
-                "Fix: point --root at the folder that holds bounding_box_train/, "
+        hint = (f"Did you mean --data {child}?" if child else
+                "Fix: point --data at the folder that holds bounding_box_train/, "
                 "bounding_box_test/ and query/")
         raise _layout_error(root, f"expected Market-1501 folders {list(MARKET_DIRS)}, "
                                   f"missing {missing}", hint)
@@ -201,7 +201,7 @@ def read_msmt17(root: str | os.PathLike, check_files: bool = True) -> ReidDatase
             if child:
                 raise _layout_error(root, "expected MSMT17 folders train/ + test/ (V1) or "
                                     "mask_train_v2/ + mask_test_v2/ (V2)",
-                                    f"Did you mean --root {child}?")
+                                    f"Did you mean --data {child}?")
         raise _layout_error(root, "expected MSMT17 folders train/ + test/ (V1) or "
                             "mask_train_v2/ + mask_test_v2/ (V2) beside "
                             f"{', '.join(MSMT_LISTS)}")

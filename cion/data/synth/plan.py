@@ -82,7 +82,7 @@ class WorldConfig:
         ]
         h, w = self.image_size
         rules.append((h >= 16 and w >= 8 and h <= 1024 and w <= 512,
-                      f"--image-size {h}x{w} is out of range (16x8 .. 1024x512)"))
+                      f"--img-size {h}x{w} is out of range (16x8 .. 1024x512)"))
         for ok, message in rules:
             if not ok:
                 raise CionError(message)
