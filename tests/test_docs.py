@@ -1,6 +1,7 @@
 """The documentation points at things that exist: README.md and every docs/*.md page.
 
 * every relative link (and its #anchor) resolves to a file (and a heading) of the repository;
+* every docs/*.md page is linked from the README (its Documentation list);
 * every repository path named in the text (``benchmarks/...``, ``configs/...``, ``cion/...``,
   ``tests/...``, ``docs/...``) exists, and ``file.py:function`` names a function or class
   defined in that file;
@@ -59,6 +60,12 @@ def _anchors(page: Path) -> set[str]:
 def test_pages_exist():
     assert (ROOT / "README.md").is_file()
     assert len(PAGES) > 1, "docs/*.md: no pages found"
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in LINK.findall((ROOT / "README.md").read_text())}
+    missing = [_rel(p) for p in PAGES[1:] if p.resolve() not in linked]
+    assert not missing, f"README.md's Documentation list does not link {missing}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_rel)
