@@ -97,6 +97,8 @@ def ingest(
     min_height: int = typer.Option(64, "--min-height", help="Drop crops of person boxes shorter "
                                    "than this (pixels)."),
     min_length: int = typer.Option(4, "--min-length", help="Drop tracklets with fewer crops."),
+    min_track_score: float = typer.Option(0.75, "--min-track-score", help="Drop tracklets whose "
+                                          "mean detection score (0..1) is lower."),
     max_per_tracklet: int = typer.Option(0, "--max-per-tracklet", help="Keep at most N crops per "
                                          "tracklet, evenly spaced (0: all)."),
     camera_from_name: bool = typer.Option(False, "--camera-from-name", help="Camera id from "
@@ -123,7 +125,8 @@ def ingest(
                    f"{info['tracklets']} tracklets, {info['crops']} crops -> {info['manifest']}")
         return
     options = IngestOptions(detector=detector, upscale=upscale, every=every, min_height=min_height,
-                            min_length=min_length, max_per_tracklet=max_per_tracklet,
+                            min_length=min_length, min_track_score=min_track_score,
+                            max_per_tracklet=max_per_tracklet,
                             camera_from_name=camera_from_name)
     if gt is not None and not gt.is_dir():
         raise CionError(f"--gt {gt}: no such folder. Fix: give the folder holding "
@@ -140,6 +143,8 @@ def ingest(
         typer.echo(f"vs {gt}: HOTA {t['HOTA']:.3f}  IDF1 {t['IDF1']:.3f}  MOTA {t['MOTA']:.3f}  "
                    f"purity {t['purity']:.3f}  detection recall {t['detection_recall']:.3f}  "
                    f"-> {out / 'scores.json'}")
+    for w in s["warnings"]:
+        typer.echo(f"cion: warning: {w}", err=True)
     for f in s["failed"]:
         typer.echo(f"cion: error: {f['error']}", err=True)
     if s["failed"]:

@@ -47,6 +47,7 @@ class IngestOptions:
     every: int = 1                 #: process every N-th decoded frame
     min_height: int = 64           #: crops of shorter person boxes are dropped (pixels)
     min_length: int = 4            #: tracks with fewer kept crops are dropped
+    min_track_score: float = 0.75  #: tracks whose mean detection score is lower are dropped
     max_per_tracklet: int = 0      #: keep at most this many crops per track, evenly spaced (0: all)
     camera_from_name: bool = False  #: camera id from 'c3' / 'cam3' / 'camera_3' in the video name
     jpeg_quality: int = 95
@@ -59,6 +60,7 @@ class IngestOptions:
             (self.every >= 1, f"--every must be at least 1 (got {self.every})"),
             (self.min_height >= 8, f"--min-height must be at least 8 pixels (got {self.min_height})"),
             (self.min_length >= 1, f"--min-length must be at least 1 (got {self.min_length})"),
+            (0 <= self.min_track_score <= 1, f"--min-track-score must be in [0, 1] (got {self.min_track_score})"),
             (self.max_per_tracklet >= 0, f"--max-per-tracklet must be >= 0 (got {self.max_per_tracklet})"),
             (0.1 <= self.upscale <= 8, f"--upscale must be between 0.1 and 8 (got {self.upscale})"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in 1..100"),
@@ -199,13 +201,17 @@ def _finish_video(partial: Path, final: Path, video_id: str, key: str, trk_rows:
     tids = np.asarray([r[1] for r in trk_rows], np.int64)
     reasons = np.asarray([r[4] for r in trk_rows], dtype=object)
     crop_reasons = {r: int((reasons == r).sum()) for r in ("tiny", "border")}
-    kept_tracks, dropped_short = [], 0
+    scores = np.asarray([r[3] for r in trk_rows], np.float64)
+    kept_tracks, dropped_short, dropped_score = [], 0, 0
     keep_row = np.zeros(len(trk_rows), bool)
     subsampled = 0
     for tid in pd.unique(tids):                  # tracker ids in order of first appearance
         rows = np.flatnonzero((tids == tid) & (reasons == ""))
         if len(rows) < options.min_length:
             dropped_short += 1
+            continue
+        if scores[tids == tid].mean() < options.min_track_score:
+            dropped_score += 1
             continue
         kept_tracks.append(int(tid))
         chosen = rows[evenly_spaced(len(rows), options.max_per_tracklet)] if options.max_per_tracklet else rows
@@ -240,9 +246,10 @@ def _finish_video(partial: Path, final: Path, video_id: str, key: str, trk_rows:
         [r[0] for r in det_rows], [-1] * len(det_rows), [r[1] for r in det_rows],
         [r[2] for r in det_rows]))
     return {"camera": camera, "tracks_kept": len(kept_tracks),
-            "tracks_dropped": {"short": dropped_short}, "crops": len(records),
+            "tracks_dropped": {"short": dropped_short, "low_score": dropped_score},
+            "crops": len(records),
             "crops_dropped": crop_reasons | {"subsampled": subsampled,
-                                             "short_track": int((~in_kept & (reasons == "")).sum())}}
+                                             "dropped_track": int((~in_kept & (reasons == "")).sum())}}
 
 
 #: dtypes of the per-video rows (the manifest columns of cion.data.manifest plus ingestion's own)

@@ -120,8 +120,7 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
                 else:
                     done_frames += res["frames_read"]
                     line = (f"{res['video']}: {res['frames_read']} frames, {res['tracks_kept']} "
-                            f"tracklets, {res['crops']} crops, {res['frames_per_second']:.1f} fps"
-                            + ("" if res["crops"] else "  (no person tracked)"))
+                            f"tracklets, {res['crops']} crops, {res['frames_per_second']:.1f} fps")
                 eta = elapsed / i * (len(jobs) - i)
                 _say(f"[{i}/{len(jobs)}] {line}  | {elapsed:.0f}s elapsed, ~{eta:.0f}s left")
     finally:
@@ -132,6 +131,7 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
     order = [vid for vid, _ in videos]
     finished = [vid for vid in order if "error" not in results[vid]]
     failed = [results[vid] for vid in order if "error" in results[vid]]
+    warnings = [w for vid in finished for w in video_warnings(results[vid])]
     manifest = assemble(out, [video_key(v) for v in finished])
     name = "manifest.parquet" if n == 1 else f"manifest.shard-{k}-of-{n}.parquet"
     write_manifest(manifest, out / name)
@@ -144,10 +144,25 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
         "frames_read": int(sum(results[v]["frames_read"] for v in finished)),
         "seconds": round(time.perf_counter() - start, 3),
         "failed": [{"video": f["video"], "error": f["error"]} for f in failed],
+        "warnings": warnings,
         "per_video": {v: results[v] for v in finished},
     }
     atomic_write(out / "ingest.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
     return summary
+
+
+def video_warnings(res: dict) -> list[str]:
+    """One-line notes on a finished video that the user should see (truncated, nobody found)."""
+    notes = []
+    if res.get("truncated"):
+        notes.append(f"{res['path']}: the header announces {res['frames_announced']} frames but "
+                     f"only {res['frames_read']} decode (truncated file?); the decoded frames were "
+                     "ingested. Fix: re-download the video for the rest")
+    if res.get("crops") == 0:
+        notes.append(f"{res['path']}: no person tracked in {res['frames_read']} frames "
+                     f"({res['detections']} detections); nothing added to the manifest. If people "
+                     "are small, try --upscale 2 or a lower --min-height")
+    return notes
 
 
 def assemble(out: Path, keys: list[str]) -> pd.DataFrame:
