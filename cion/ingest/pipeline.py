@@ -105,13 +105,11 @@ def ingest_video(path: str | os.PathLike, video_id: str, out: str | os.PathLike,
         path: the video file. video_id: its name in the manifest's ``video`` column.
         out: the run's output folder.
         detector: a detector callable (made from ``options.detector`` when None).
-        progress: called as ``progress(frames_read, frames_announced)`` every few seconds.
+        progress: called as ``progress(frames_read, frames_announced)`` every 10 seconds.
 
     Raises:
         VideoError: the file cannot be read (nothing is left in ``out``).
     """
-    import cv2
-    import supervision as sv
     from trackers import ByteTrackTracker
 
     from cion.ingest.detect import make_detector
@@ -132,56 +130,24 @@ def ingest_video(path: str | os.PathLike, video_id: str, out: str | os.PathLike,
     tracker = ByteTrackTracker(lost_track_buffer=max(1, round(30 * options.lost_seconds)),
                                frame_rate=fps, track_activation_threshold=options.track_activation,
                                high_conf_det_threshold=options.track_high)
-    det_rows: list[tuple] = []        # (frame, box, score): every detection
-    trk_rows: list[tuple] = []        # (frame, tracker id, box, score, reason, crop file)
-    untracked = 0
-    empty = 0
-    last_report = time.perf_counter()
-    frames_processed = 0
-    for index, frame in reader:
-        h, w = frame.shape[:2]
-        boxes, scores = detector(frame)
-        boxes = clip_boxes(boxes, w, h)
-        ok = ((boxes[:, 2] - boxes[:, 0]) >= 2) & ((boxes[:, 3] - boxes[:, 1]) >= 2)
-        empty += int((~ok).sum())
-        boxes, scores = boxes[ok], np.asarray(scores, np.float32)[ok]
-        det_rows.extend((index, b, s) for b, s in zip(boxes, scores))
-        result = tracker.update(sv.Detections(xyxy=boxes.astype(np.float32).reshape(-1, 4),
-                                              confidence=scores))
-        ids = np.asarray(result.tracker_id if result.tracker_id is not None else [], dtype=np.int64)
-        tracked = ids >= 0
-        untracked += int((~tracked).sum())
-        t_boxes = clip_boxes(result.xyxy[tracked], w, h)
-        t_ids = ids[tracked]
-        t_scores = (np.asarray(result.confidence, np.float32)[tracked] if len(t_ids)
-                    else np.zeros(0, np.float32))
-        reasons = drop_reasons(t_boxes, w, h, options.min_height)
-        regions = crop_region(t_boxes, w, h)
-        for tid, box, score, reason, (x1, y1, x2, y2) in zip(t_ids, t_boxes, t_scores, reasons, regions):
-            name = ""
-            if not reason:
-                name = f"trk{int(tid)}_f{index:07d}.jpg"
-                if not cv2.imwrite(str(partial / "crops" / name), frame[y1:y2, x1:x2],
-                                   [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]):
-                    raise CionError(f"{partial / 'crops' / name}: cannot write the crop (disk "
-                                    "full?). Fix: free space under --out and run again")
-            trk_rows.append((index, int(tid), box, float(score), reason, name))
-        frames_processed += 1
-        if progress is not None and time.perf_counter() - last_report > 5:
-            progress(index + 1, info.frames)
-            last_report = time.perf_counter()
+    try:
+        trk_rows, counts = _detect_and_track(reader, detector, tracker, partial, options, progress)
+    except Exception:       # a failed video leaves nothing behind (a killed one: see is_done)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    n_dets, empty, untracked, frames_processed = counts
     if reader.frames_read == 0:
         shutil.rmtree(partial, ignore_errors=True)
         from cion.ingest.decode import VideoError
         raise VideoError(f"{path}: no frame could be decoded. Fix: re-encode it "
                          "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or remove it")
 
-    summary = _finish_video(partial, final, video_id, key, trk_rows, det_rows, options, info)
+    summary = _finish_video(partial, video_id, key, trk_rows, options, info)
     summary.update({
         "video": video_id, "path": str(path), "width": info.width, "height": info.height,
         "fps": info.fps, "frames_announced": info.frames, "frames_read": reader.frames_read,
         "frames_processed": frames_processed, "truncated": reader.truncated,
-        "detections": len(det_rows) + empty, "detections_dropped": {"empty": empty},
+        "detections": n_dets + empty, "detections_dropped": {"empty": empty},
         "untracked_detections": untracked,
         "seconds": round(time.perf_counter() - start, 3),
         "options": asdict(options), "options_fingerprint": options.fingerprint(),
@@ -194,9 +160,62 @@ def ingest_video(path: str | os.PathLike, video_id: str, out: str | os.PathLike,
     return summary
 
 
-def _finish_video(partial: Path, final: Path, video_id: str, key: str, trk_rows: list,
-                  det_rows: list, options: IngestOptions, info) -> dict:
-    """Select tracks and crops, rename crops to local tracklet numbers, write rows/tracks/dets."""
+def _detect_and_track(reader, detector, tracker, partial: Path, options: IngestOptions,
+                      progress) -> tuple[list, tuple]:
+    """The frame loop: detect, track, write the crops of tracked boxes that pass the box rules
+    and stream every detection to ``partial/detections.txt``. Returns the track rows
+    ``(frame, tracker id, box, score, drop reason, crop file)`` and the counts
+    ``(detections, empty, untracked, frames processed)``."""
+    import cv2
+    import supervision as sv
+
+    info = reader.info
+    with open(partial / "detections.txt", "w") as det_file:  # streamed: memory stays flat
+        n_dets = 0
+        trk_rows: list[tuple] = []        # (frame, tracker id, box, score, reason, crop file)
+        untracked = 0
+        empty = 0
+        last_report = time.perf_counter()
+        frames_processed = 0
+        for index, frame in reader:
+            h, w = frame.shape[:2]
+            boxes, scores = detector(frame)
+            boxes = clip_boxes(boxes, w, h)
+            ok = ((boxes[:, 2] - boxes[:, 0]) >= 2) & ((boxes[:, 3] - boxes[:, 1]) >= 2)
+            empty += int((~ok).sum())
+            boxes, scores = boxes[ok], np.asarray(scores, np.float32)[ok]
+            det_file.write(_mot_lines([index] * len(boxes), [-1] * len(boxes), boxes, scores))
+            n_dets += len(boxes)
+            result = tracker.update(sv.Detections(xyxy=boxes.astype(np.float32).reshape(-1, 4),
+                                                  confidence=scores))
+            ids = np.asarray(result.tracker_id if result.tracker_id is not None else [], dtype=np.int64)
+            tracked = ids >= 0
+            untracked += int((~tracked).sum())
+            t_boxes = clip_boxes(result.xyxy[tracked], w, h)
+            t_ids = ids[tracked]
+            t_scores = (np.asarray(result.confidence, np.float32)[tracked] if len(t_ids)
+                        else np.zeros(0, np.float32))
+            reasons = drop_reasons(t_boxes, w, h, options.min_height)
+            regions = crop_region(t_boxes, w, h)
+            for tid, box, score, reason, (x1, y1, x2, y2) in zip(t_ids, t_boxes, t_scores, reasons, regions):
+                name = ""
+                if not reason:
+                    name = f"trk{int(tid)}_f{index:07d}.jpg"
+                    if not cv2.imwrite(str(partial / "crops" / name), frame[y1:y2, x1:x2],
+                                       [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]):
+                        raise CionError(f"{partial / 'crops' / name}: cannot write the crop (disk "
+                                        "full?). Fix: free space under --out and run again")
+                trk_rows.append((index, int(tid), tuple(float(v) for v in box), float(score), reason, name))
+            frames_processed += 1
+            if progress is not None and time.perf_counter() - last_report > 10:
+                progress(index + 1, info.frames)
+                last_report = time.perf_counter()
+    return trk_rows, (n_dets, empty, untracked, frames_processed)
+
+
+def _finish_video(partial: Path, video_id: str, key: str, trk_rows: list,
+                  options: IngestOptions, info) -> dict:
+    """Select tracks and crops, rename crops to local tracklet numbers, write rows and tracks."""
     frames = np.asarray([r[0] for r in trk_rows], np.int64)
     tids = np.asarray([r[1] for r in trk_rows], np.int64)
     reasons = np.asarray([r[4] for r in trk_rows], dtype=object)
@@ -242,9 +261,6 @@ def _finish_video(partial: Path, final: Path, video_id: str, key: str, trk_rows:
     t_boxes = [trk_rows[i][2] for i in np.flatnonzero(in_kept)]
     t_scores = [trk_rows[i][3] for i in np.flatnonzero(in_kept)]
     (partial / "tracks.txt").write_text(_mot_lines(frames[in_kept], t_ids, t_boxes, t_scores))
-    (partial / "detections.txt").write_text(_mot_lines(
-        [r[0] for r in det_rows], [-1] * len(det_rows), [r[1] for r in det_rows],
-        [r[2] for r in det_rows]))
     return {"camera": camera, "tracks_kept": len(kept_tracks),
             "tracks_dropped": {"short": dropped_short, "low_score": dropped_score},
             "crops": len(records),

@@ -60,12 +60,19 @@ def _say(message: str) -> None:
 
 def _work(job: tuple) -> dict:
     """Worker: ingest one video; failures come back as a record, never as an exception."""
-    path, video_id, out, options, threads = job
+    path, video_id, out, options, threads, progress = job
     if threads:
         import cv2
         cv2.setNumThreads(threads)
+    start = time.perf_counter()
+
+    def report(frame: int, announced: int) -> None:
+        rate = frame / max(time.perf_counter() - start, 1e-9)
+        total = f"/{announced}" if announced else ""
+        _say(f"  {video_id}: frame {frame}{total}, {rate:.1f} frames/s")
+
     try:
-        return ingest_video(path, video_id, out, options)
+        return ingest_video(path, video_id, out, options, progress=report if progress else None)
     except CionError as err:
         return {"video": video_id, "path": str(path), "error": str(err)}
     except Exception as err:  # a crawl must go on past one bad file; the message says which
@@ -102,7 +109,7 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
         _say(f"ingest: {len(videos)} video(s)" + (f" in shard {k}/{n}" if n > 1 else "")
              + f", {len(videos) - len(todo)} already done, {workers} worker(s)")
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
-    jobs = [(str(path), vid, str(out), options, threads) for vid, path in todo]
+    jobs = [(str(path), vid, str(out), options, threads, progress) for vid, path in todo]
     done_frames = 0
     if workers == 1:
         iterator = map(_work, jobs)
