@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--upscale", type=float, default=1.0)
     ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--track-iou", type=float, default=0.3)
     args = ap.parse_args()
     rows = []
     print("seed " + " ".join(f"{k:>16}" for k in KEYS))
@@ -38,7 +39,8 @@ def main() -> None:
             tmp = Path(tmp)
             generate_videos(tmp / "synth", VideoConfig(videos=args.videos, frames=args.frames, seed=seed))
             ingest([tmp / "synth" / "videos"], tmp / "run",
-                   IngestOptions(upscale=args.upscale, every=args.every))
+                   IngestOptions(upscale=args.upscale, every=args.every,
+                                         track_iou=args.track_iou))
             total = score_run(tmp / "run", tmp / "synth" / "gt")["total"]
         rows.append([total[k] for k in KEYS])
         print(f"{seed:>4} " + " ".join(f"{v:>16.3f}" for v in rows[-1]), flush=True)

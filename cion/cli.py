@@ -99,6 +99,8 @@ def ingest(
     min_length: int = typer.Option(4, "--min-length", help="Drop tracklets with fewer crops."),
     min_track_score: float = typer.Option(0.75, "--min-track-score", help="Drop tracklets whose "
                                           "mean detection score (0..1) is lower."),
+    track_iou: float = typer.Option(0.3, "--track-iou", help="Least IoU between a box and a "
+                                    "track's predicted box to continue the track (ByteTrack)."),
     max_per_tracklet: int = typer.Option(0, "--max-per-tracklet", help="Keep at most N crops per "
                                          "tracklet, evenly spaced (0: all)."),
     camera_from_name: bool = typer.Option(False, "--camera-from-name", help="Camera id from "
@@ -126,6 +128,7 @@ def ingest(
         return
     options = IngestOptions(detector=detector, upscale=upscale, every=every, min_height=min_height,
                             min_length=min_length, min_track_score=min_track_score,
+                            track_iou=track_iou,
                             max_per_tracklet=max_per_tracklet,
                             camera_from_name=camera_from_name)
     if gt is not None and not gt.is_dir():

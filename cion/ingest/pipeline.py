@@ -54,6 +54,7 @@ class IngestOptions:
     track_activation: float = 0.7  #: ByteTrack: score that starts a track
     track_high: float = 0.6        #: ByteTrack: score of the first association stage
     lost_seconds: float = 1.0      #: ByteTrack: how long a lost track may be re-found
+    track_iou: float = 0.3         #: ByteTrack: least IoU of a box with a track's prediction
 
     def check(self) -> None:
         rules = [
@@ -64,6 +65,7 @@ class IngestOptions:
             (self.max_per_tracklet >= 0, f"--max-per-tracklet must be >= 0 (got {self.max_per_tracklet})"),
             (0.1 <= self.upscale <= 8, f"--upscale must be between 0.1 and 8 (got {self.upscale})"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in 1..100"),
+            (0 < self.track_iou < 1, f"--track-iou must be in (0, 1) (got {self.track_iou})"),
         ]
         for ok, message in rules:
             if not ok:
@@ -129,7 +131,8 @@ def ingest_video(path: str | os.PathLike, video_id: str, out: str | os.PathLike,
     fps = info.fps / options.every
     tracker = ByteTrackTracker(lost_track_buffer=max(1, round(30 * options.lost_seconds)),
                                frame_rate=fps, track_activation_threshold=options.track_activation,
-                               high_conf_det_threshold=options.track_high)
+                               high_conf_det_threshold=options.track_high,
+                               minimum_iou_threshold=options.track_iou)
     try:
         trk_rows, counts = _detect_and_track(reader, detector, tracker, partial, options, progress)
     except Exception:       # a failed video leaves nothing behind (a killed one: see is_done)
