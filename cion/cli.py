@@ -20,7 +20,7 @@ HELP = """CION person re-identification pre-training and the ReIDZoo backbones.
 The flow, one command per stage (files in between: Parquet manifests,
 .npy features, safetensors weights, JSON stats):
   synth     make the synthetic pedestrian world (noisy tracklets + a Market-style benchmark)
-  ingest    videos / image folders -> tracklet manifest
+  ingest    videos -> person tracklets (detect, track, crop) + tracklet manifest
   extract   images -> L2-normalised features (.npy)
   denoise   tracklets -> cross-video identities (progressive multi-level denoising)
   pretrain  identity-guided self-distillation of any ReIDZoo backbone

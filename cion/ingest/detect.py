@@ -138,8 +138,10 @@ class OnnxDetector:
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        import cv2
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = max(1, cv2.getNumThreads())   # split among --workers
         try:
             self.session = ort.InferenceSession(str(weights), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
