@@ -141,11 +141,11 @@ def ingest(
     if gt is not None:
         from cion.ingest.score import score_run
 
-        scores = score_run(out, gt)
+        scores = score_run(out, gt, summary=s["summary"])
         t = scores["total"]
         typer.echo(f"vs {gt}: HOTA {t['HOTA']:.3f}  IDF1 {t['IDF1']:.3f}  MOTA {t['MOTA']:.3f}  "
                    f"purity {t['purity']:.3f}  detection recall {t['detection_recall']:.3f}  "
-                   f"-> {out / 'scores.json'}")
+                   f"-> {scores['path']}")
     for w in s["warnings"]:
         typer.echo(f"cion: warning: {w}", err=True)
     for f in s["failed"]:

@@ -3,10 +3,12 @@ the manifest, the run summary and the contact sheet.
 
 Outputs in ``OUT`` (besides the per-video folders of :mod:`cion.ingest.pipeline`)::
 
-    manifest.parquet                 all finished videos of this call (sharded runs:
-                                     manifest.shard-K-of-N.parquet, joined by merge())
+    manifest.parquet                 all finished videos of this call
     ingest.json                      options, per-video summaries, failures, totals
     contact_sheet.png                a sample of tracklets, a row of crops each
+
+Sharded runs write ``manifest.shard-K-of-N.parquet`` (joined by :func:`merge`),
+``ingest.shard-K-of-N.json`` and ``contact_sheet.shard-K-of-N.png``, so shards may share ``OUT``.
 """
 from __future__ import annotations
 
@@ -140,9 +142,11 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
     failed = [results[vid] for vid in order if "error" in results[vid]]
     warnings = [w for vid in finished for w in video_warnings(results[vid])]
     manifest = assemble(out, [video_key(v) for v in finished])
-    name = "manifest.parquet" if n == 1 else f"manifest.shard-{k}-of-{n}.parquet"
+    tag = "" if n == 1 else f".shard-{k}-of-{n}"       # shards may share one --out
+    name = f"manifest{tag}.parquet"
     write_manifest(manifest, out / name)
-    sheet = write_contact_sheet(manifest, out, out / "contact_sheet.png") if len(manifest) else None
+    sheet = (write_contact_sheet(manifest, out, out / f"contact_sheet{tag}.png")
+             if len(manifest) else None)
     summary = {
         "manifest": str(out / name), "contact_sheet": str(sheet) if sheet else None,
         "shard": [k, n], "options": results[finished[0]]["options"] if finished else None,
@@ -154,7 +158,8 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
         "warnings": warnings,
         "per_video": {v: results[v] for v in finished},
     }
-    atomic_write(out / "ingest.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+    summary["summary"] = str(out / f"ingest{tag}.json")
+    atomic_write(summary["summary"], lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
     return summary
 
 

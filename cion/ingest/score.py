@@ -176,19 +176,23 @@ def score_video(video_dir: str | os.PathLike, gt_file: str | os.PathLike) -> tup
     return head, metrics, labels
 
 
-def score_run(out: str | os.PathLike, gt_dir: str | os.PathLike, write: bool = True) -> dict:
+def score_run(out: str | os.PathLike, gt_dir: str | os.PathLike, write: bool = True,
+              summary: str | os.PathLike | None = None) -> dict:
     """Score every ingested video of run ``out`` that has ground truth
     ``gt_dir/<video stem>/gt/gt.txt``; write ``out/scores.json`` and add a ``true_identity``
-    column (ground-truth id, -1 for crops of no one) to the run's manifest."""
+    column (ground-truth id, -1 for crops of no one) to the run's manifest. ``summary`` is the
+    run's summary JSON (default ``out/ingest.json``; a shard's is ``ingest.shard-K-of-N.json``)."""
     from trackers.eval import aggregate_clear_metrics, aggregate_hota_metrics, aggregate_identity_metrics
 
     from cion.data.manifest import read_manifest, write_manifest
 
     out, gt_dir = Path(out), Path(gt_dir)
+    summary = Path(summary) if summary is not None else out / "ingest.json"
     try:
-        run = json.loads((out / "ingest.json").read_text())
+        run = json.loads(summary.read_text())
     except (OSError, ValueError):
-        raise CionError(f"{out}: no ingest.json. Fix: run `cion ingest ... --out {out}` first") from None
+        raise CionError(f"{summary}: missing or unreadable. Fix: run `cion ingest ... --out {out}` "
+                        "first") from None
     per_video, raw, labels = {}, [], {}
     for vid in run["per_video"]:
         gt_file = gt_dir / Path(vid).stem / "gt" / "gt.txt"
@@ -218,9 +222,10 @@ def score_run(out: str | os.PathLike, gt_dir: str | os.PathLike, write: bool = T
                                  if v["gt_boxes"]) / n_gt if n_gt else None),
         "videos": len(per_video), "crops": crops,
         "tracklets": sum(v["tracklets"] for v in per_video.values())}
-    scores = {"gt": str(gt_dir), "total": total, "per_video": per_video}
+    path = summary.with_name(summary.name.replace("ingest", "scores", 1))
+    scores = {"gt": str(gt_dir), "path": str(path), "total": total, "per_video": per_video}
     if write:
-        atomic_write(out / "scores.json", lambda p: Path(p).write_text(json.dumps(scores, indent=1)))
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(scores, indent=1)))
         manifest_path = Path(run["manifest"])
         df = read_manifest(manifest_path)
         true = np.full(len(df), -1, np.int64)
