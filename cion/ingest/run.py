@@ -132,10 +132,14 @@ def ingest(inputs: list, out: str | os.PathLike, options: IngestOptions = Ingest
                             f"tracklets, {res['crops']} crops, {res['frames_per_second']:.1f} fps")
                 eta = elapsed / i * (len(jobs) - i)
                 _say(f"[{i}/{len(jobs)}] {line}  | {elapsed:.0f}s elapsed, ~{eta:.0f}s left")
-    finally:
+    except BaseException:           # Ctrl-C or a crash: stop the workers, do not wait for them
         if pool is not None:
-            pool.close()
+            pool.terminate()
             pool.join()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
 
     order = [vid for vid, _ in videos]
     finished = [vid for vid in order if "error" not in results[vid]]
