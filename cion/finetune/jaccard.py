@@ -1,0 +1,194 @@
+"""k-reciprocal Jaccard distance for pseudo-labelling (Zhong et al., CVPR 2017), sparse.
+
+Cluster Contrast (Dai et al. 2021) clusters the unlabelled training images every epoch with
+DBSCAN on this distance (paper Sec. 4.1: USL / UDA fine-tuning). The public code builds three
+dense (N, N) matrices (V, its query expansion and the distance itself); at MSMT17 size
+(N = 32,621) each takes 4.3 GB. Here nothing of size N x N is ever dense:
+
+1. ``k1`` nearest neighbours of every image by inner product (faiss-cpu ``IndexFlatIP`` when it
+   can be imported, else an exact blocked top-k in torch; self is its own first neighbour);
+2. k-reciprocal sets R(i, k1), half-size sets R(j, round(k1 / 2)) and the expansion rule
+   (|R_half(j) & R(i)| > 2/3 |R_half(j)|) with the batched helpers of
+   :mod:`cion.evaluation.rerank`;
+3. V[i, j] = softmax over j in the expanded set of ``-(2 - 2 x_i . x_j)`` (squared Euclidean
+   distance of L2-normalised features), a sparse CSR matrix, then averaged over each image's
+   ``k2`` nearest neighbours (query expansion);
+4. ``d(i, j) = 1 - s / (2 - s)`` with ``s = sum_k min(V[i, k], V[j, k])``, accumulated from the
+   columns of V one chunk of rows at a time.
+
+Pairs whose expanded sets share no column have ``s = 0``, i.e. a distance of exactly 1: they are
+not stored. The diagonal is stored as explicit zeros. So for any ``eps < 1``,
+``sklearn.cluster.DBSCAN(eps, metric="precomputed")`` gives the same labels on the returned CSR
+matrix as on the dense one (sklearn reads unstored entries of a sparse precomputed matrix as
+"not a neighbour"; stored zeros count): see :func:`cion.finetune.cluster.cluster_dbscan`.
+Memory is O(N k1^2) for the sets and O(stored pairs) for the result (about 10^7 pairs for
+MSMT17's training set); ``benchmarks/finetune_scale.py`` measures it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from cion.errors import CionError
+from cion.evaluation.rerank import _expanded_sets, _reciprocal
+
+#: rows of the (rows, N) similarity block held at once by the exact top-k search
+DEFAULT_BLOCK_ELEMENTS = 1 << 24
+#: (row, column) contributions to the Jaccard sums accumulated at once
+DEFAULT_PAIR_BUDGET = 1 << 23
+
+
+def _faiss():
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return None
+    return faiss
+
+
+def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
+                      block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> np.ndarray:
+    """(N, k) int64 indices of the ``k`` largest inner products of each row (itself included),
+    best first.
+
+    ``search``: ``"faiss"`` (faiss-cpu ``IndexFlatIP``, exact), ``"torch"`` (exact blocked
+    ``topk``; at most ``block_elements`` similarities held at once) or ``"auto"`` (faiss when
+    importable). Both are exact; they can differ only in the order of tied similarities.
+    """
+    n = features.shape[0]
+    if search not in ("auto", "faiss", "torch"):
+        raise CionError(f"neighbour search must be 'auto', 'faiss' or 'torch', got {search!r}")
+    faiss = _faiss() if search in ("auto", "faiss") else None
+    if search == "faiss" and faiss is None:
+        raise CionError("neighbour search 'faiss' needs faiss-cpu, which is not installed. "
+                        "Fix: pip install 'cion[fast]' or use search='torch'")
+    if faiss is not None:
+        index = faiss.IndexFlatIP(features.shape[1])
+        index.add(features)
+        _, idx = index.search(features, k)
+        return idx.astype(np.int64)
+    x = torch.from_numpy(features)
+    out = np.empty((n, k), dtype=np.int64)
+    step = max(1, block_elements // max(n, 1))
+    for s in range(0, n, step):
+        sim = x[s:s + step] @ x.T
+        out[s:s + step] = torch.topk(sim, k, dim=1, largest=True, sorted=True).indices.numpy()
+    return out
+
+
+def _expansion_weights(x: torch.Tensor, nn: torch.Tensor, k1: int, k2: int) -> sp.csr_matrix:
+    """The (N, N) sparse V of step 3, query-expanded over ``k2`` neighbours, float32."""
+    n = x.shape[0]
+    recip = _reciprocal(nn, k1)                               # (N, k1), -1 = not reciprocal
+    kh = int(np.around(k1 / 2.0))
+    half = _reciprocal(nn, kh)[:, :kh + 1]
+    rows_l, cols_l, vals_l = [], [], []
+    step = 1024
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        ex = _expanded_sets(recip, half, s, e)                 # (b, L) sorted, -1 = empty
+        r, c = torch.nonzero(ex >= 0, as_tuple=True)
+        j = ex[r, c]
+        i = r + s
+        dist = 2.0 - 2.0 * (x[i] * x[j]).sum(1)                # squared Euclidean, unit vectors
+        w = torch.exp(-dist)
+        total = torch.zeros(e - s, dtype=torch.float32).index_add_(0, r, w)
+        rows_l.append(i.numpy())
+        cols_l.append(j.numpy())
+        vals_l.append((w / total[r]).numpy())
+    v = sp.csr_matrix((np.concatenate(vals_l), (np.concatenate(rows_l), np.concatenate(cols_l))),
+                      shape=(n, n), dtype=np.float32)
+    if k2 != 1:
+        a = sp.csr_matrix((np.full(n * k2, 1.0 / k2, dtype=np.float32),
+                           (np.repeat(np.arange(n), k2), nn[:, :k2].reshape(-1).numpy())),
+                          shape=(n, n))
+        v = (a @ v).tocsr()
+    v.sort_indices()
+    return v
+
+
+def _jaccard_sparse(v: sp.csr_matrix, pair_budget: int) -> sp.csr_matrix:
+    """Step 4: CSR (N, N) of ``1 - s / (2 - s)`` where ``s > 0`` (and < 1), explicit 0 diagonal."""
+    n = v.shape[0]
+    vc = v.tocsc()                                            # column k -> rows j with V[j, k] > 0
+    col_nnz = np.diff(vc.indptr).astype(np.int64)
+    # cost of each row = number of (its nonzero, column nonzero) pairs it expands to
+    per_entry = col_nnz[v.indices]
+    cost = np.add.reduceat(np.append(per_entry, 0), v.indptr[:-1]) * (np.diff(v.indptr) > 0)
+    indptr = [np.zeros(1, dtype=np.int64)]
+    indices_l, data_l = [], []
+    done = 0
+    s = 0
+    while s < n:
+        acc = np.cumsum(cost[s:])
+        e = s + max(1, int(np.searchsorted(acc, pair_budget, side="right")))
+        lo, hi = v.indptr[s], v.indptr[e]
+        k = v.indices[lo:hi]
+        a = v.data[lo:hi]
+        r = np.repeat(np.arange(e - s), np.diff(v.indptr[s:e + 1]))
+        cnt = col_nnz[k]
+        tot = int(cnt.sum())
+        # positions (in vc) of every row j of column k, for every nonzero (i, k) of the chunk
+        first = np.repeat(vc.indptr[k] - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
+        contrib = np.minimum(np.repeat(a, cnt), vc.data[first])
+        smin = sp.csr_matrix((contrib, (np.repeat(r, cnt), vc.indices[first])),
+                             shape=(e - s, n), dtype=np.float32)     # sums duplicate (i, j)
+        smin.sum_duplicates()
+        rows = np.repeat(np.arange(s, e), np.diff(smin.indptr))
+        dist = 1.0 - smin.data / (2.0 - smin.data)
+        np.maximum(dist, 0.0, out=dist)
+        dist[smin.indices == rows] = 0.0                       # s(i, i) = sum_k V[i, k] = 1
+        keep = dist < 1.0
+        kept_per_row = np.add.reduceat(np.append(keep, False).astype(np.int64),
+                                       smin.indptr[:-1]) * (np.diff(smin.indptr) > 0)
+        indptr.append(done + np.cumsum(kept_per_row))
+        done += int(kept_per_row.sum())
+        indices_l.append(smin.indices[keep].astype(np.int32))
+        data_l.append(dist[keep].astype(np.float32))
+        s = e
+    out = sp.csr_matrix((np.concatenate(data_l), np.concatenate(indices_l), np.concatenate(indptr)),
+                        shape=(n, n))
+    out.has_sorted_indices = True
+    return out
+
+
+def jaccard_distance(features, k1: int = 30, k2: int = 6, *, search: str = "auto",
+                     block: int = DEFAULT_BLOCK_ELEMENTS,
+                     pair_budget: int = DEFAULT_PAIR_BUDGET) -> sp.csr_matrix:
+    """k-reciprocal Jaccard distance among N images, sparse (see the module docstring).
+
+    Args:
+        features: (N, D) L2-normalised features (numpy or torch, any float dtype; computed in
+            float32 on the CPU).
+        k1: size of the k-reciprocal neighbourhood (Cluster Contrast: 30).
+        k2: query-expansion neighbours (Cluster Contrast: 6); 1 disables it.
+        search: neighbour search, ``"auto"`` / ``"faiss"`` / ``"torch"``
+            (:func:`knn_inner_product`).
+        block: similarities held at once by the torch top-k search.
+        pair_budget: Jaccard contributions accumulated at once (memory knob of step 4).
+
+    Returns:
+        ``scipy.sparse.csr_matrix`` (N, N) float32, symmetric (up to float rounding), holding every pair with a
+        distance below 1 (distances in [0, 1)) and an explicit 0 on the diagonal; every pair
+        not stored has distance exactly 1. Row indices sorted.
+    """
+    if isinstance(features, torch.Tensor):
+        features = features.detach().to("cpu", torch.float32).numpy()
+    x = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise CionError(f"jaccard_distance: features must be a non-empty (N, D) array, got shape "
+                        f"{x.shape}")
+    if not np.isfinite(x).all():
+        raise CionError("jaccard_distance: features contain NaN or inf. Fix: check the model's "
+                        "output (a diverged run?) before clustering")
+    n = x.shape[0]
+    if k1 < 1 or not 1 <= k2 <= k1:
+        raise CionError(f"jaccard_distance needs k1 >= 1 and 1 <= k2 <= k1 (got k1={k1}, k2={k2})")
+    if n < k1:
+        raise CionError(f"jaccard_distance with k1={k1} needs at least {k1} images, got {n}. "
+                        "Fix: lower k1 or cluster more images")
+    nn = torch.from_numpy(knn_inner_product(x, k1, search=search, block_elements=block))
+    v = _expansion_weights(torch.from_numpy(x), nn, k1, k2)
+    del nn
+    return _jaccard_sparse(v, pair_budget)
