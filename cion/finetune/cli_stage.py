@@ -76,10 +76,12 @@ def format_summary(report: dict) -> str:
         for key in ("start", "end", "best"):
             if scores.get(key):
                 lines.append(f"{key:<8}{_line(scores[key])}")
-    lines.append(f"backbone -> {report['backbone']}")
+    if report.get("backbone"):
+        lines.append(f"backbone -> {report['backbone']}")
     lines.append(f"model    -> {report['model']}")
     lines.append(f"numbers  -> {report['json']}")
-    lines.append(f"evaluate the backbone again: {evaluate_hint(report)}")
+    if report.get("backbone"):
+        lines.append(f"evaluate the backbone again: {evaluate_hint(report)}")
     return "\n".join(lines)
 
 

@@ -75,6 +75,7 @@ class FinetuneConfig:
     id_weight: float = 1.0
     triplet_weight: float = 1.0
     freeze_epochs: int = 0                # mgn: backbone + branches frozen this many epochs
+    mgn_classifier: str = "circle"        # mgn: circle (CircleSoftmax s 64 m 0.35, the authors') | linear
     # augmentation
     flip_p: float = 0.5
     pad: Optional[int] = None             # None: 10 pixels at height 256, scaled
@@ -179,6 +180,8 @@ class FinetuneConfig:
             bad("memory_momentum", "must be in [0, 1), e.g. 0.2")
         if not self.temperature > 0:
             bad("temperature", "must be > 0, e.g. 0.05")
+        if self.mgn_classifier not in ("circle", "linear"):
+            bad("mgn_classifier", "must be circle or linear")
         if self.memory_update not in ("hard", "plain"):
             bad("memory_update", "must be hard or plain")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

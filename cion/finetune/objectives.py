@@ -47,6 +47,10 @@ class Objective:
     def test_model(self) -> nn.Module:
         return self.model
 
+    def backbone(self) -> nn.Module | None:
+        """The backbone alone (exported as ``backbone.safetensors``), or None (MGN)."""
+        return self.model.backbone
+
     def state_dict(self) -> dict:
         return {}
 
@@ -72,32 +76,29 @@ class SupervisedObjective(Objective):
 
 
 class MGNObjective(Objective):
-    """MGN: the network and its loss come from :mod:`cion.finetune.mgn`."""
+    """MGN: the network and its loss come from :mod:`cion.finetune.mgn`; the shared part and
+    the branches are frozen (no gradient, eval mode) during the first ``freeze_epochs``."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, cfg: FinetuneConfig, arch: str):
+    def __init__(self, backbone: nn.Module, num_classes: int, cfg: FinetuneConfig):
         from cion.finetune import mgn
 
         self._mgn = mgn
-        self.model = mgn.MGN(backbone, num_classes)
+        self.model = mgn.MGN(backbone, num_classes, classifier=cfg.mgn_classifier)
         self.cfg = cfg
-        self.terms = ("loss",)
-        self._frozen = False
 
     def start_epoch(self, epoch: int, resumed: bool) -> None:
-        self._frozen = epoch < self.cfg.freeze_epochs
-        self._mgn.set_frozen(self.model, self._frozen)
+        self._mgn.freeze_mgn_backbone(self.model, epoch < self.cfg.freeze_epochs)
 
     def loss(self, net, x, y):
-        outputs = net(x)
-        total, terms = self._mgn.mgn_loss(outputs, y)
-        stats = {"loss": total.detach()}
-        stats.update({k: v.detach() for k, v in terms.items()})
-        self.terms = tuple(stats)
-        return total, stats
+        outputs = net(x, y)
+        total, terms = self._mgn.mgn_loss(outputs, y, smoothing=self.cfg.label_smoothing)
+        ce = sum(v for k, v in terms.items() if k.startswith("ce_")) / len(self._mgn.HEADS)
+        tri = sum(v for k, v in terms.items() if k.startswith("triplet_")) / len(
+            self._mgn.TRIPLET_GROUPS)
+        return total, {"loss": total.detach(), "id": ce.detach(), "triplet": tri.detach()}
 
-    def before_optimizer_step(self, epoch: int) -> None:
-        if self._frozen:   # frozen parameters keep requires_grad (DDP) but are not stepped
-            self._mgn.drop_frozen_grads(self.model)
+    def backbone(self):
+        return None
 
 
 class ClusterObjective(Objective):
@@ -143,7 +144,7 @@ def build_objective(cfg: FinetuneConfig, backbone: nn.Module, num_classes: int) 
     if cfg.mode == "supervised":
         return SupervisedObjective(backbone, num_classes, cfg)
     if cfg.mode == "mgn":
-        return MGNObjective(backbone, num_classes, cfg, cfg.arch)
+        return MGNObjective(backbone, num_classes, cfg)
     return ClusterObjective(backbone, cfg, cfg.img_size)
 
 

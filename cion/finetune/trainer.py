@@ -67,12 +67,10 @@ def check_arch(arch: str) -> None:
 
 def check_mode(cfg: FinetuneConfig, checkpoint, source_checkpoint) -> None:
     if cfg.mode == "mgn":
-        from cion.finetune.mgn import mgn_supported
+        from cion.finetune.mgn import mgn_archs, mgn_supported
 
         if not mgn_supported(cfg.arch):
-            from cion.finetune import mgn
-            fits = getattr(mgn, "MGN_ARCHS", None)
-            names = ", ".join(fits) if fits else "the ResNet / ResNet-IBN family and test_resnet"
+            names = ", ".join(mgn_archs())
             raise CionError(f"--mode mgn does not fit --arch {cfg.arch}: MGN splits a ResNet's "
                             f"layer3 / layer4 into branches. Fix: use one of {names}, or "
                             "--mode supervised for this arch")
@@ -299,7 +297,12 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         objective.to(device)
     if info.world_size > 1 and dist.has_batchnorm(model) and not synced:
         log("BatchNorm statistics are per process (--set sync_bn=true for global-batch BN)")
-    net = dist.wrap_ddp(model, info)
+    if info.world_size > 1 and cfg.mode == "mgn" and cfg.freeze_epochs > 0:
+        from torch.nn.parallel import DistributedDataParallel as DDP   # frozen epochs: unused params
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  broadcast_buffers=False, find_unused_parameters=True)
+    else:
+        net = dist.wrap_ddp(model, info)
     optimizer = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16"
@@ -394,11 +397,14 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
     meta = {"arch": cfg.arch, "mode": cfg.mode, "img_size": f"{size[0]}x{size[1]}",
             "dataset": ds.name, "init": str(init) if init else "random"}
 
-    def export(name: str, whole: bool, **extra) -> Path:
+    def export(name: str, whole: bool, **extra) -> Path | None:
         path = out / name
+        part = model if whole else objective.backbone()
+        if part is None:
+            return None
         if info.is_main:
             (save_model if whole else save_backbone)(
-                model if whole else model.backbone, path,
+                part, path,
                 dict(meta, step=global_step, **extra,
                      source=f"cion finetune --mode {cfg.mode} ({'whole network' if whole else 'backbone'})"))
         return path
@@ -543,7 +549,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         "identities": [int(i) for i in identities], "steps": global_step, "epochs": epoch,
         "clusters": clusters,
         "seconds": {"evaluate": round(t_eval, 3), "total": round(time.perf_counter() - t_start, 3)},
-        "backbone": str(backbone_path), "model": str(model_path),
+        "backbone": str(backbone_path) if backbone_path else None, "model": str(model_path),
         "best_model": str(out / "best.safetensors") if best else None,
         "json": str(out / REPORT),
     }

@@ -1,0 +1,169 @@
+"""The fine-tuning trainer: a run SIGKILLed mid-epoch and re-run with the same command ends with
+the weights of an uninterrupted run (supervised; Cluster Contrast after a re-clustering, with
+its pseudo-labels and memory), and `torchrun --nproc_per_node 2` (gloo) equals one process for
+the supervised recipe (global-batch BN and triplet mining). Real subprocesses, tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file
+
+from cion.finetune.checkpoint import load_state
+
+SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys, torch
+    torch.set_num_threads(1)
+    from cion.finetune.config import FinetuneConfig
+    from cion.finetune.trainer import finetune
+    data, out, kill_at, fields = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+    cfg = FinetuneConfig(**fields)
+    def killer(rec):
+        if rec["step"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # no clean-up of any kind
+    finetune(cfg, data, out, evaluate=False, progress=False, callbacks=[killer],
+             log=lambda msg: print(msg, file=sys.stderr))
+""")
+
+SUPERVISED = dict(mode="supervised", arch="test_resnet", img_size=[64, 32], epochs=2,
+                  batch_size=32, instances=4, optimizer="adam", lr=3e-3, warmup_epochs=0.5,
+                  checkpoint_every=3, log_every=1, tensorboard=False, device="cpu", seed=3)
+USL = dict(mode="usl", arch="test_resnet", img_size=[64, 32], epochs=3, iters_per_epoch=4,
+           batch_size=32, instances=4, optimizer="adam", lr=1e-3, schedule="step", step_size=2,
+           warmup_epochs=0, k1=10, eps=0.5, checkpoint_every=3, log_every=1,
+           tensorboard=False, device="cpu", seed=5)
+
+
+def _run(data, out, kill_at, fields, workers=0):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    fields = dict(fields, num_workers=workers)
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(data), str(out), str(kill_at),
+                           json.dumps(fields)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _maxdiff(x, y):
+    assert set(x) == set(y)
+    return max((x[k].double() - y[k].double()).abs().max().item() for k in x)
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_supervised_sigkill_and_resume_is_exact(tiny_world, tmp_path):
+    market = tiny_world / "market"          # 267 train images: 7 steps of 32 per epoch
+    ref = _run(market, tmp_path / "ref", -1, SUPERVISED, workers=1)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    first = _run(market, run, 5, SUPERVISED)          # mid-epoch 1, checkpoint after step 3
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert load_state(run / "checkpoint.pt")["global_step"] == 3
+    second = _run(market, run, 11, SUPERVISED)        # epoch 2; resumes at step 3
+    assert second.returncode == -signal.SIGKILL, second.stderr
+    assert "resuming" in second.stderr
+    state = load_state(run / "checkpoint.pt")
+    assert state["global_step"] == 9 and state["epoch"] == 1
+    last = _run(market, run, -1, SUPERVISED)
+    assert last.returncode == 0, last.stderr
+
+    a, b = load_state(tmp_path / "ref" / "checkpoint.pt"), load_state(run / "checkpoint.pt")
+    assert a["global_step"] == b["global_step"] == 14
+    assert _maxdiff(a["model"], b["model"]) <= 1e-6
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.allclose(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], atol=1e-9) for i in sa)
+    wa = load_file(str(tmp_path / "ref" / "backbone.safetensors"))
+    assert _maxdiff(wa, load_file(str(run / "backbone.safetensors"))) <= 1e-6
+    la, lb = _lines(tmp_path / "ref" / "metrics.jsonl"), _lines(run / "metrics.jsonl")
+    assert [r["step"] for r in lb] == list(range(1, 15))
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(la, lb)) <= 1e-5
+    assert la[0]["lr"] < la[5]["lr"]                  # warm-up, then cosine decay
+    assert la[-1]["lr"] < la[5]["lr"]
+
+
+def test_usl_sigkill_after_reclustering_is_exact(tiny_world, tmp_path):
+    market = tiny_world / "market"
+    ref = _run(market, tmp_path / "ref", -1, USL, workers=1)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    first = _run(market, run, 7, USL)     # epoch 2 (after its re-clustering), checkpoint at 6
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    state = load_state(run / "checkpoint.pt")
+    assert state["global_step"] == 6 and (state["epoch"], state["step"]) == (1, 2)
+    assert len(state["clusters"]) == 2 and state["objective"]["labels"] is not None
+    last = _run(market, run, -1, USL)
+    assert last.returncode == 0, last.stderr
+    assert "resuming" in last.stderr
+    assert last.stderr.count("clusters,") == 1        # epoch 3 only: epoch 2's labels restored
+
+    a, b = load_state(tmp_path / "ref" / "checkpoint.pt"), load_state(run / "checkpoint.pt")
+    assert a["global_step"] == b["global_step"] == 12
+    assert _maxdiff(a["model"], b["model"]) <= 1e-6
+    assert _maxdiff(a["objective"]["memory"], b["objective"]["memory"]) <= 1e-6
+    assert torch.equal(a["objective"]["labels"], b["objective"]["labels"])
+    assert [c["clusters"] for c in a["clusters"]] == [c["clusters"] for c in b["clusters"]]
+    la, lb = _lines(tmp_path / "ref" / "metrics.jsonl"), _lines(run / "metrics.jsonl")
+    assert [r["step"] for r in lb] == list(range(1, 13))
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(la, lb)) <= 1e-5
+    assert [r["lr"] for r in la[:8]] == [1e-3] * 8 and la[8]["lr"] == 1e-4   # x0.1 at epoch 2
+
+
+RECIPE = """
+mode: supervised
+arch: test_resnet
+img_size: [64, 32]
+epochs: 1
+batch_size: 16
+instances: 4
+optimizer: sgd
+lr: 0.01
+warmup_epochs: 0
+sync_bn: true
+log_every: 1
+tensorboard: false
+num_workers: 0
+device: cpu
+"""
+
+
+def _cli(args, nproc):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "cion.cli"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "cion.cli"]
+    return subprocess.run(cmd + ["finetune"] + args, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_two_gloo_processes_match_one(tiny_world, tmp_path):
+    """Tolerance 1e-4 (losses, relative) and 1e-4 (weights): the global batch's BN moments are
+    summed in float64 across ranks, the triplet mines the all-gathered batch; what remains is
+    float summation order."""
+    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    common = ["--data", str(tiny_world / "market"), "--config", str(tmp_path / "tiny.yaml"),
+              "--set", "max_steps=4", "--no-progress", "--no-evaluate", "--seed", "4"]
+    one = _cli(common + ["--out", str(tmp_path / "one")], 1)
+    assert one.returncode == 0, one.stderr
+    two = _cli(common + ["--out", str(tmp_path / "two")], 2)
+    assert two.returncode == 0, two.stdout + two.stderr
+
+    la, lb = _lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == [1, 2, 3, 4]
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["world_size"] == 2 and config["sync_bn_used"] is True
+    for x, y in zip(la, lb):
+        for key in ("loss", "id", "triplet"):
+            assert abs(x[key] - y[key]) <= 1e-4 * max(1.0, abs(x[key])), (key, x, y)
+    assert la[0]["loss"] != la[3]["loss"]             # the model did train
+    wa = load_file(str(tmp_path / "one" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert _maxdiff(wa, wb) <= 1e-4
+    ma = load_file(str(tmp_path / "one" / "backbone.safetensors"))
+    assert max((ma[k] - wa["backbone." + k]).abs().max().item() for k in ma) == 0
