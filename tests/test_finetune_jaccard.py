@@ -99,7 +99,8 @@ def test_small_budgets_give_the_same_matrix():
     x = clustered_features(seed=3)
     a = jaccard_distance(x, 15, 4, search="torch")
     b = jaccard_distance(x, 15, 4, search="torch", block=37, pair_budget=100)
-    assert (a != b).nnz == 0 and np.array_equal(a.indptr, b.indptr)
+    assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+    assert np.abs(a.data - b.data).max() <= 1e-6      # BLAS block sizes round differently
 
 
 def test_dbscan_sparse_equals_dense():

@@ -8,11 +8,13 @@ dense (N, N) matrices (V, its query expansion and the distance itself); at MSMT1
 1. ``k1`` nearest neighbours of every image by inner product (faiss-cpu ``IndexFlatIP`` when it
    can be imported, else an exact blocked top-k in torch; self is its own first neighbour);
 2. k-reciprocal sets R(i, k1), half-size sets R(j, round(k1 / 2)) and the expansion rule
-   (|R_half(j) & R(i)| > 2/3 |R_half(j)|) with the batched helpers of
-   :mod:`cion.evaluation.rerank`;
+   (|R_half(j) & R(i)| > 2/3 |R_half(j)|) evaluated in batches on the neighbour lists, as
+   :mod:`cion.evaluation.rerank` does (its ``_reciprocal`` helper; the membership test here
+   is a sorted search);
 3. V[i, j] = softmax over j in the expanded set of ``-(2 - 2 x_i . x_j)`` (squared Euclidean
-   distance of L2-normalised features), a sparse CSR matrix, then averaged over each image's
-   ``k2`` nearest neighbours (query expansion);
+   distance of L2-normalised features; the inner products come from the search where j is
+   among i's k1 nearest, the rest are computed), a sparse CSR matrix, then averaged over each
+   image's ``k2`` nearest neighbours (query expansion);
 4. ``d(i, j) = 1 - s / (2 - s)`` with ``s = sum_k min(V[i, k], V[j, k])``, accumulated from the
    columns of V one chunk of rows at a time.
 
@@ -31,7 +33,7 @@ import scipy.sparse as sp
 import torch
 
 from cion.errors import CionError
-from cion.evaluation.rerank import _expanded_sets, _reciprocal
+from cion.evaluation.rerank import _reciprocal
 
 #: rows of the (rows, N) similarity block held at once by the exact top-k search
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
@@ -48,9 +50,10 @@ def _faiss():
 
 
 def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
-                      block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> np.ndarray:
+                      block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                      return_similarities: bool = False):
     """(N, k) int64 indices of the ``k`` largest inner products of each row (itself included),
-    best first.
+    best first; with ``return_similarities`` also the (N, k) float32 inner products.
 
     ``search``: ``"faiss"`` (faiss-cpu ``IndexFlatIP``, exact), ``"torch"`` (exact blocked
     ``topk``; at most ``block_elements`` similarities held at once) or ``"auto"`` (faiss when
@@ -66,37 +69,74 @@ def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
     if faiss is not None:
         index = faiss.IndexFlatIP(features.shape[1])
         index.add(features)
-        _, idx = index.search(features, k)
-        return idx.astype(np.int64)
-    x = torch.from_numpy(features)
-    out = np.empty((n, k), dtype=np.int64)
-    step = max(1, block_elements // max(n, 1))
-    for s in range(0, n, step):
-        sim = x[s:s + step] @ x.T
-        out[s:s + step] = torch.topk(sim, k, dim=1, largest=True, sorted=True).indices.numpy()
-    return out
+        sims, idx = index.search(features, k)
+        idx = idx.astype(np.int64)
+    else:
+        x = torch.from_numpy(features)
+        idx = np.empty((n, k), dtype=np.int64)
+        sims = np.empty((n, k), dtype=np.float32)
+        step = max(1, block_elements // max(n, 1))
+        for s in range(0, n, step):
+            top = torch.topk(x[s:s + step] @ x.T, k, dim=1, largest=True, sorted=True)
+            idx[s:s + step], sims[s:s + step] = top.indices.numpy(), top.values.numpy()
+    return (idx, sims.astype(np.float32)) if return_similarities else idx
 
 
-def _expansion_weights(x: torch.Tensor, nn: torch.Tensor, k1: int, k2: int) -> sp.csr_matrix:
-    """The (N, N) sparse V of step 3, query-expanded over ``k2`` neighbours, float32."""
+def _expanded_sets(recip: torch.Tensor, half: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows start..stop of the expanded sets (R(i) plus every R_half(c), c in R(i), sharing more
+    than 2/3 of its members with R(i)), as :func:`cion.evaluation.rerank._expanded_sets` but
+    with a sorted-search membership test (O(k1 kh log k1) per row, not O(k1^2 kh)).
+    Returns (b, L) indices, ascending, -1 = empty slot first, L = the largest set."""
+    r = recip[start:stop]                                     # (b, k1), -1 = not reciprocal
+    b, k1 = r.shape
+    r_sorted = torch.sort(r, 1).values
+    cand = half[r.clamp(min=0)]                                # (b, k1, kh+1)
+    cand = torch.where((r >= 0)[..., None], cand, torch.full_like(cand, -1))
+    flat = cand.reshape(b, -1)
+    pos = torch.searchsorted(r_sorted, flat).clamp_(max=k1 - 1)
+    found = (r_sorted.gather(1, pos) == flat) & (flat >= 0)
+    shared = found.reshape(cand.shape).sum(-1)
+    size = (cand >= 0).sum(-1)
+    accept = shared.to(torch.float64) > (2.0 / 3) * size.to(torch.float64)
+    extra = torch.where(accept[..., None], cand, torch.full_like(cand, -1))
+    allv = torch.sort(torch.cat([r, extra.flatten(1)], 1), 1).values
+    dup = torch.zeros_like(allv, dtype=torch.bool)
+    dup[:, 1:] = allv[:, 1:] == allv[:, :-1]
+    allv = torch.sort(torch.where(dup, torch.full_like(allv, -1), allv), 1).values
+    width = int((allv >= 0).sum(1).max())
+    return allv[:, allv.shape[1] - width:]
+
+
+def _expansion_weights(x: torch.Tensor, nn: torch.Tensor, nn_sims: torch.Tensor, k1: int,
+                       k2: int, rows_per_chunk: int = 1024) -> sp.csr_matrix:
+    """The (N, N) sparse V of step 3, query-expanded over ``k2`` neighbours, float32.
+
+    Inner products of the pairs (i, j) of the expanded sets come from the neighbour search when
+    j is among i's ``k1`` nearest (most of them) and are computed otherwise."""
     n = x.shape[0]
     recip = _reciprocal(nn, k1)                               # (N, k1), -1 = not reciprocal
     kh = int(np.around(k1 / 2.0))
     half = _reciprocal(nn, kh)[:, :kh + 1]
     rows_l, cols_l, vals_l = [], [], []
-    step = 1024
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        ex = _expanded_sets(recip, half, s, e)                 # (b, L) sorted, -1 = empty
-        r, c = torch.nonzero(ex >= 0, as_tuple=True)
-        j = ex[r, c]
-        i = r + s
-        dist = 2.0 - 2.0 * (x[i] * x[j]).sum(1)                # squared Euclidean, unit vectors
-        w = torch.exp(-dist)
-        total = torch.zeros(e - s, dtype=torch.float32).index_add_(0, r, w)
-        rows_l.append(i.numpy())
-        cols_l.append(j.numpy())
-        vals_l.append((w / total[r]).numpy())
+    for s in range(0, n, rows_per_chunk):
+        e = min(n, s + rows_per_chunk)
+        ex = _expanded_sets(recip, half, s, e)                 # (b, L), -1 = empty
+        match = ex[..., None] == nn[s:e, None, :]              # (b, L, k1)
+        known = match.any(-1)
+        sim = nn_sims[s:e].gather(1, match.to(torch.uint8).argmax(-1))
+        valid = ex >= 0
+        missing = torch.nonzero(valid & ~known, as_tuple=True)
+        if len(missing[0]):
+            ii, jj = missing[0] + s, ex[missing]
+            piece = max(1, (1 << 22) // max(x.shape[1], 1))    # bounds the gathered rows
+            sim[missing] = torch.cat([(x[ii[p:p + piece]] * x[jj[p:p + piece]]).sum(1)
+                                      for p in range(0, len(ii), piece)])
+        w = torch.where(valid, torch.exp(-(2.0 - 2.0 * sim)), torch.zeros_like(sim))
+        w = w / w.sum(1, keepdim=True)
+        r, c = torch.nonzero(valid, as_tuple=True)
+        rows_l.append((r + s).numpy())
+        cols_l.append(ex[r, c].numpy())
+        vals_l.append(w[r, c].numpy())
     v = sp.csr_matrix((np.concatenate(vals_l), (np.concatenate(rows_l), np.concatenate(cols_l))),
                       shape=(n, n), dtype=np.float32)
     if k2 != 1:
@@ -132,7 +172,10 @@ def _jaccard_sparse(v: sp.csr_matrix, pair_budget: int) -> sp.csr_matrix:
         # positions (in vc) of every row j of column k, for every nonzero (i, k) of the chunk
         first = np.repeat(vc.indptr[k] - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
         contrib = np.minimum(np.repeat(a, cnt), vc.data[first])
-        smin = sp.csr_matrix((contrib, (np.repeat(r, cnt), vc.indices[first])),
+        # (+ an explicit (i, i) entry of 0, so the diagonal is stored even for an empty row)
+        smin = sp.csr_matrix((np.concatenate([contrib, np.zeros(e - s, np.float32)]),
+                              (np.concatenate([np.repeat(r, cnt), np.arange(e - s)]),
+                               np.concatenate([vc.indices[first], np.arange(s, e)]))),
                              shape=(e - s, n), dtype=np.float32)     # sums duplicate (i, j)
         smin.sum_duplicates()
         rows = np.repeat(np.arange(s, e), np.diff(smin.indptr))
@@ -188,7 +231,8 @@ def jaccard_distance(features, k1: int = 30, k2: int = 6, *, search: str = "auto
     if n < k1:
         raise CionError(f"jaccard_distance with k1={k1} needs at least {k1} images, got {n}. "
                         "Fix: lower k1 or cluster more images")
-    nn = torch.from_numpy(knn_inner_product(x, k1, search=search, block_elements=block))
-    v = _expansion_weights(torch.from_numpy(x), nn, k1, k2)
-    del nn
+    nn, sims = knn_inner_product(x, k1, search=search, block_elements=block,
+                                 return_similarities=True)
+    v = _expansion_weights(torch.from_numpy(x), torch.from_numpy(nn), torch.from_numpy(sims), k1, k2)
+    del nn, sims
     return _jaccard_sparse(v, pair_budget)
