@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,6 +48,17 @@ def _run(data, out, kill_at, fields, workers=0):
                           timeout=300)
 
 
+def _here(data, out, fields):
+    """The same run in this process (the uninterrupted reference, or the final resume)."""
+    from cion.finetune.config import FinetuneConfig
+    from cion.finetune.trainer import finetune
+
+    lines = []
+    finetune(FinetuneConfig(**dict(fields, num_workers=0)), data, out, evaluate=False,
+             progress=False, log=lines.append)
+    return "\n".join(lines)
+
+
 def _maxdiff(x, y):
     assert set(x) == set(y)
     return max((x[k].double() - y[k].double()).abs().max().item() for k in x)
@@ -56,21 +68,15 @@ def _lines(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_supervised_sigkill_and_resume_is_exact(tiny_world, tmp_path):
+def test_supervised_sigkill_and_resume_is_exact(tiny_world, tmp_path, one_torch_thread):
     market = tiny_world / "market"          # 267 train images: 7 steps of 32 per epoch
-    ref = _run(market, tmp_path / "ref", -1, SUPERVISED, workers=1)
-    assert ref.returncode == 0, ref.stderr
+    _here(market, tmp_path / "ref", SUPERVISED)
     run = tmp_path / "run"
-    first = _run(market, run, 5, SUPERVISED)          # mid-epoch 1, checkpoint after step 3
+    first = _run(market, run, 11, SUPERVISED, workers=1)   # epoch 2, checkpoints at 3, 6, 7, 9
     assert first.returncode == -signal.SIGKILL, first.stderr
-    assert load_state(run / "checkpoint.pt")["global_step"] == 3
-    second = _run(market, run, 11, SUPERVISED)        # epoch 2; resumes at step 3
-    assert second.returncode == -signal.SIGKILL, second.stderr
-    assert "resuming" in second.stderr
     state = load_state(run / "checkpoint.pt")
-    assert state["global_step"] == 9 and state["epoch"] == 1
-    last = _run(market, run, -1, SUPERVISED)
-    assert last.returncode == 0, last.stderr
+    assert state["global_step"] == 9 and (state["epoch"], state["step"]) == (1, 2)
+    assert "resuming" in _here(market, run, SUPERVISED)
 
     a, b = load_state(tmp_path / "ref" / "checkpoint.pt"), load_state(run / "checkpoint.pt")
     assert a["global_step"] == b["global_step"] == 14
@@ -86,20 +92,18 @@ def test_supervised_sigkill_and_resume_is_exact(tiny_world, tmp_path):
     assert la[-1]["lr"] < la[5]["lr"]
 
 
-def test_usl_sigkill_after_reclustering_is_exact(tiny_world, tmp_path):
+def test_usl_sigkill_after_reclustering_is_exact(tiny_world, tmp_path, one_torch_thread):
     market = tiny_world / "market"
-    ref = _run(market, tmp_path / "ref", -1, USL, workers=1)
-    assert ref.returncode == 0, ref.stderr
+    _here(market, tmp_path / "ref", USL)
     run = tmp_path / "run"
-    first = _run(market, run, 7, USL)     # epoch 2 (after its re-clustering), checkpoint at 6
+    first = _run(market, run, 7, USL, workers=1)   # epoch 2 (after its re-clustering), ckpt at 6
     assert first.returncode == -signal.SIGKILL, first.stderr
     state = load_state(run / "checkpoint.pt")
     assert state["global_step"] == 6 and (state["epoch"], state["step"]) == (1, 2)
     assert len(state["clusters"]) == 2 and state["objective"]["labels"] is not None
-    last = _run(market, run, -1, USL)
-    assert last.returncode == 0, last.stderr
-    assert "resuming" in last.stderr
-    assert last.stderr.count("clusters,") == 1        # epoch 3 only: epoch 2's labels restored
+    log = _here(market, run, USL)
+    assert "resuming" in log
+    assert log.count("clusters,") == 1                # epoch 3 only: epoch 2's labels restored
 
     a, b = load_state(tmp_path / "ref" / "checkpoint.pt"), load_state(run / "checkpoint.pt")
     assert a["global_step"] == b["global_step"] == 12
@@ -131,27 +135,27 @@ device: cpu
 """
 
 
-def _cli(args, nproc):
+def _torchrun(args, nproc):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "cion.cli"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "cion.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "cion.cli"]
     return subprocess.run(cmd + ["finetune"] + args, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
-def test_two_gloo_processes_match_one(tiny_world, tmp_path):
+def test_two_gloo_processes_match_one(tiny_world, tmp_path, capsys, one_torch_thread):
     """Tolerance 1e-4 (losses, relative) and 1e-4 (weights): the global batch's BN moments are
     summed in float64 across ranks, the triplet mines the all-gathered batch; what remains is
     float summation order."""
     (tmp_path / "tiny.yaml").write_text(RECIPE)
     common = ["--data", str(tiny_world / "market"), "--config", str(tmp_path / "tiny.yaml"),
               "--set", "max_steps=4", "--no-progress", "--no-evaluate", "--seed", "4"]
-    one = _cli(common + ["--out", str(tmp_path / "one")], 1)
-    assert one.returncode == 0, one.stderr
-    two = _cli(common + ["--out", str(tmp_path / "two")], 2)
+    from cion.cli import main
+
+    with pytest.raises(SystemExit) as exc:         # one process: here
+        main(["finetune", *common, "--out", str(tmp_path / "one")])
+    assert exc.value.code == 0, capsys.readouterr().err
+    two = _torchrun(common + ["--out", str(tmp_path / "two")], 2)
     assert two.returncode == 0, two.stdout + two.stderr
 
     la, lb = _lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")
