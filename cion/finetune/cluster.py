@@ -141,7 +141,10 @@ class ClusterMemory(nn.Module):
                 targets.shape != (features.shape[0],):
             raise CionError(f"ClusterMemory: expected features (B, {self.num_features}) and "
                             f"targets (B,), got {tuple(features.shape)} and {tuple(targets.shape)}")
-        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.num_clusters):
+        # value check on CPU only: on an accelerator it would cost a host sync every step (an
+        # out-of-range target still fails there, in cross_entropy / indexing)
+        if targets.device.type == "cpu" and targets.numel() and \
+                (int(targets.min()) < 0 or int(targets.max()) >= self.num_clusters):
             raise CionError(f"ClusterMemory: targets must be cluster labels 0..{self.num_clusters - 1} "
                             f"(outliers removed), got {int(targets.min())}..{int(targets.max())}")
 
@@ -162,6 +165,8 @@ class ClusterMemory(nn.Module):
             targets: (B,) their cluster labels.
         """
         self._check(features, targets)
+        if targets.numel() == 0:
+            return
         x = features.detach().float().to(self.features.device)
         y = targets.to(self.features.device, torch.int64)
         m = self.momentum
@@ -174,10 +179,10 @@ class ClusterMemory(nn.Module):
             is_min = sim == lowest[y]
             pos = torch.arange(len(y), device=x.device)
             big = torch.full((self.num_clusters,), len(y), device=x.device, dtype=torch.int64)
-            first = big.scatter_reduce(0, y[is_min], pos[is_min], reduce="amin")
-            clusters = torch.nonzero(first < len(y)).flatten()
-            hard = x[first[clusters]]
-            mem[clusters] = F.normalize(m * mem[clusters] + (1 - m) * hard, dim=1)
+            first = big.scatter_reduce(0, y, torch.where(is_min, pos, big[y]), reduce="amin")
+            # every cluster computed, those absent from the batch kept (no host sync)
+            moved = F.normalize(m * mem + (1 - m) * x[first.clamp(max=len(y) - 1)], dim=1)
+            mem.copy_(torch.where((first < len(y))[:, None], moved, mem))
             return
         # plain: occurrence t of every cluster is applied in round t (clusters are independent)
         order = torch.argsort(y, stable=True)
