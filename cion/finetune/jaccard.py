@@ -5,8 +5,9 @@ DBSCAN on this distance (paper Sec. 4.1: USL / UDA fine-tuning). The public code
 dense (N, N) matrices (V, its query expansion and the distance itself); at MSMT17 size
 (N = 32,621) each takes 4.3 GB. Here nothing of size N x N is ever dense:
 
-1. ``k1`` nearest neighbours of every image by inner product (faiss-cpu ``IndexFlatIP`` when it
-   can be imported, else an exact blocked top-k in torch; self is its own first neighbour);
+1. ``k1`` nearest neighbours of every image (faiss-cpu ``IndexFlatL2`` as the public code when
+   faiss can be imported, else an exact blocked top-k of inner products in torch: the same
+   ranking on unit vectors; self is its own first neighbour);
 2. k-reciprocal sets R(i, k1), half-size sets R(j, round(k1 / 2)) and the expansion rule
    (|R_half(j) & R(i)| > 2/3 |R_half(j)|) evaluated in batches on the neighbour lists, as
    :mod:`cion.evaluation.rerank` does (its ``_reciprocal`` helper; the membership test here
@@ -55,9 +56,11 @@ def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
     """(N, k) int64 indices of the ``k`` largest inner products of each row (itself included),
     best first; with ``return_similarities`` also the (N, k) float32 inner products.
 
-    ``search``: ``"faiss"`` (faiss-cpu ``IndexFlatIP``, exact), ``"torch"`` (exact blocked
-    ``topk``; at most ``block_elements`` similarities held at once) or ``"auto"`` (faiss when
-    importable). Both are exact; they can differ only in the order of tied similarities.
+    Features must be L2-normalised. ``search``: ``"faiss"`` (faiss-cpu ``IndexFlatL2``, exact,
+    the public code's search; similarities ``1 - d^2 / 2``), ``"torch"`` (exact blocked ``topk``
+    of inner products; at most ``block_elements`` similarities held at once) or ``"auto"``
+    (faiss when importable). Both are exact; they can differ only in the order of
+    similarities tied to float rounding (~1e-7).
     """
     n = features.shape[0]
     if search not in ("auto", "faiss", "torch"):
@@ -67,10 +70,12 @@ def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
         raise CionError("neighbour search 'faiss' needs faiss-cpu, which is not installed. "
                         "Fix: pip install 'cion[fast]' or use search='torch'")
     if faiss is not None:
-        index = faiss.IndexFlatIP(features.shape[1])
+        # squared L2 as the public Cluster Contrast code searches: on unit vectors it ranks like
+        # the inner product (1 - d / 2), and near-ties (1e-7 apart) come out in its order
+        index = faiss.IndexFlatL2(features.shape[1])
         index.add(features)
-        sims, idx = index.search(features, k)
-        idx = idx.astype(np.int64)
+        d2, idx = index.search(features, k)
+        sims, idx = 1.0 - 0.5 * d2, idx.astype(np.int64)
     else:
         x = torch.from_numpy(features)
         idx = np.empty((n, k), dtype=np.int64)
