@@ -71,7 +71,7 @@ def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
                         "Fix: pip install 'cion[fast]' or use search='torch'")
     if faiss is not None:
         # squared L2 as the public Cluster Contrast code searches: on unit vectors it ranks like
-        # the inner product (1 - d / 2), and near-ties (1e-7 apart) come out in its order
+        # the inner product (1 - d^2 / 2), and near-ties (1e-7 apart) come out in its order
         index = faiss.IndexFlatL2(features.shape[1])
         index.add(features)
         d2, idx = index.search(features, k)
