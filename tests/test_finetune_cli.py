@@ -172,3 +172,34 @@ def test_folder_dataset_keeps_identity_zero(tiny_world, tmp_path, capsys, one_to
     report = json.loads((out / "finetune.json").read_text())
     assert report["dataset"] == "folder" and report["identities"][0] == 0
     assert len(report["identities"]) == 20 and report["scores"]["end"]["mAP"] > 0
+
+
+def test_recipes_load_with_the_papers_numbers():
+    """configs/finetune/: every recipe validates; the numbers the paper's protocols name."""
+    from pathlib import Path
+
+    from cion.finetune.cli_stage import build_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+    names = sorted(p.stem for p in root.glob("*.yaml"))
+    assert names == ["mgn_market1501", "mgn_msmt17", "supervised_market1501", "supervised_msmt17",
+                     "uda_market1501_to_msmt17", "uda_msmt17_to_market1501", "usl_market1501",
+                     "usl_msmt17"]
+    cfg = {n: build_config(None, None, root / f"{n}.yaml") for n in names}
+    assert all(cfg[n].mode == n.split("_")[0] for n in names)
+    mgn = cfg["mgn_market1501"]
+    assert (mgn.img_size, mgn.epochs, mgn.lr, mgn.freeze_epochs, mgn.hold_epochs,
+            mgn.batch_size, mgn.instances) == ((384, 128), 60, 3.5e-4, 10, 30, 64, 16)
+    for n, eps, iters in (("usl_market1501", 0.6, 200), ("usl_msmt17", 0.7, 400),
+                          ("uda_msmt17_to_market1501", 0.6, 200),
+                          ("uda_market1501_to_msmt17", 0.7, 400)):
+        c = cfg[n]
+        assert (c.eps, c.iters_per_epoch, c.k1, c.k2, c.temperature, c.memory_momentum,
+                c.memory_update, c.step_size, c.epochs) == (eps, iters, 30, 6, 0.05, 0.2, "hard",
+                                                            20, 50)
+    sup = cfg["supervised_market1501"]
+    assert (sup.optimizer, sup.epochs, sup.warmup_epochs, sup.batch_size, sup.instances) == \
+        ("sgd", 120, 20, 64, 4)
+    # named options and --set override a recipe, --set last
+    c = build_config(None, "test_resnet", root / "usl_market1501.yaml", ["eps=0.5"], lr=1e-3)
+    assert (c.arch, c.eps, c.lr, c.mode) == ("test_resnet", 0.5, 1e-3, "usl")
