@@ -214,7 +214,7 @@ def _scores_line(s: dict) -> str:
 def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLike, *,
              dataset: str = "market1501", checkpoint: str | os.PathLike | None = None,
              source_checkpoint: str | os.PathLike | None = None, evaluate: bool = True,
-             progress: bool = True, callbacks: Iterable[Callable[[dict], None]] = (),
+             evaluate_start: bool = True, progress: bool = True, callbacks: Iterable[Callable[[dict], None]] = (),
              log: Callable[[str], None] | None = None) -> dict:
     """Fine-tune ``cfg.arch`` in ``cfg.mode`` on the train split of ``data``; resume if
     ``out/checkpoint.pt`` exists.
@@ -229,6 +229,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         source_checkpoint: ``uda`` only: the backbone fine-tuned on the source set.
         evaluate: score query vs gallery at the start, every ``cfg.eval_every`` epochs and at
             the end.
+        evaluate_start: with ``evaluate``, also score the initial network.
         progress: rich progress bar on rank 0.
         callbacks: called after every optimiser step with ``{"step", "epoch", "loss"}``.
         log: one-line messages (default: a rich console on rank 0).
@@ -411,7 +412,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
 
     # -- train --
     t_eval = 0.0
-    if evaluate and start_scores is None:
+    if evaluate and evaluate_start and start_scores is None:
         t0 = time.perf_counter()
         start_scores = scores()
         t_eval += time.perf_counter() - t0
