@@ -171,3 +171,63 @@ def test_two_gloo_processes_match_one(tiny_world, tmp_path, capsys, one_torch_th
     assert _maxdiff(wa, wb) <= 1e-4
     ma = load_file(str(tmp_path / "one" / "backbone.safetensors"))
     assert max((ma[k] - wa["backbone." + k]).abs().max().item() for k in ma) == 0
+
+
+def test_schedules_known_values():
+    """The recipes' learning rates at known points (pure functions of the position)."""
+    import math
+
+    from cion.finetune.config import FinetuneConfig
+    from cion.finetune.trainer import learning_rate
+    from cion.training.schedules import warmup_hold_cosine, warmup_step_decay
+
+    # MGN: warm-up from 0.01x over 10 epochs, constant to 30, cosine to 7.7e-7 at 60
+    lr = lambda p: warmup_hold_cosine(p, 60, 3.5e-4, 7.7e-7, 10, 0.01, 30)  # noqa: E731
+    assert lr(0) == pytest.approx(3.5e-6) and lr(5) == pytest.approx(0.505 * 3.5e-4)
+    assert lr(10) == lr(29.9) == pytest.approx(3.5e-4)
+    assert lr(45) == pytest.approx(7.7e-7 + 0.5 * (3.5e-4 - 7.7e-7))
+    assert lr(60) == pytest.approx(7.7e-7) and lr(70) == pytest.approx(7.7e-7)
+    # Cluster Contrast: x0.1 every 20 epochs, one rate per epoch
+    assert [warmup_step_decay(e, 3.5e-4, 20) for e in (0, 19.99, 20, 40, 49)] == \
+        pytest.approx([3.5e-4, 3.5e-4, 3.5e-5, 3.5e-6, 3.5e-6])
+    # supervised: cosine from the end of warm-up
+    cfg = FinetuneConfig(lr=4e-4, min_lr=0.0, epochs=120, warmup_epochs=20)
+    assert learning_rate(cfg, 70) == pytest.approx(4e-4 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    # --steps scales the epochs of the schedule onto the steps
+    cfg = FinetuneConfig(epochs=120, steps=60)
+    assert cfg.progress(3, 1, 7, 30) == 60.0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mode", "semi", "must be one of supervised, mgn, usl, uda"),
+    ("batch_size", 30, "multiple of instances (4)"),
+    ("eps", 0, "eps = 0.0: must be > 0"),
+    ("memory_update", "soft", "must be hard or plain"),
+    ("precision", "fp8", "must be auto, fp32, bf16 or fp16"),
+    ("warmup_factor", 0, "must be in (0, 1]"),
+    ("lr", "fast", "lr must be a number"),
+])
+def test_config_names_the_bad_option(field, value, message):
+    from cion.errors import CionError
+    from cion.finetune.config import FinetuneConfig
+
+    with pytest.raises(CionError) as err:
+        FinetuneConfig(**{field: value})
+    assert message in str(err.value)
+
+
+def test_global_batchnorm_is_plain_batchnorm_in_one_process():
+    """Outside DDP the CPU SyncBatchNorm is nn.BatchNorm (same outputs, same running stats)."""
+    from torch import nn
+
+    from cion.training.collectives import GlobalBatchNorm, _convert
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.BatchNorm1d(4 * 36))
+    ref[3].bias.requires_grad_(False)
+    conv = _convert(__import__("copy").deepcopy(ref))
+    assert isinstance(conv[1], GlobalBatchNorm) and isinstance(conv[3], GlobalBatchNorm)
+    assert not conv[3].bias.requires_grad and set(conv.state_dict()) == set(ref.state_dict())
+    x = torch.randn(5, 3, 8, 8)
+    assert torch.allclose(conv(x), ref(x), atol=1e-6)
+    assert _maxdiff(conv.state_dict(), ref.state_dict()) <= 1e-6
