@@ -49,7 +49,8 @@ def _run(data, out, kill_at, fields, workers=0):
 
 
 def _here(data, out, fields):
-    """The same run in this process (the uninterrupted reference, or the final resume)."""
+    """The same run in this process (the uninterrupted reference, or the final resume; the
+    latter with the images decoded into memory, which must not change a thing)."""
     from cion.finetune.config import FinetuneConfig
     from cion.finetune.trainer import finetune
 
@@ -76,7 +77,7 @@ def test_supervised_sigkill_and_resume_is_exact(tiny_world, tmp_path, one_torch_
     assert first.returncode == -signal.SIGKILL, first.stderr
     state = load_state(run / "checkpoint.pt")
     assert state["global_step"] == 9 and (state["epoch"], state["step"]) == (1, 2)
-    assert "resuming" in _here(market, run, SUPERVISED)
+    assert "resuming" in _here(market, run, dict(SUPERVISED, in_memory=True))
 
     a, b = load_state(tmp_path / "ref" / "checkpoint.pt"), load_state(run / "checkpoint.pt")
     assert a["global_step"] == b["global_step"] == 14
