@@ -37,7 +37,7 @@ from cion.errors import CionError
 from cion.finetune.checkpoint import (load_state, rng_state, save_backbone, save_model,
                                       save_state, set_rng_state)
 from cion.finetune.config import FinetuneConfig
-from cion.finetune.data import TrainImages, extract, loader, preload
+from cion.finetune.data import TrainImages, extract, preload
 from cion.finetune.objectives import build_objective, reduce_stats
 from cion.finetune.transforms import TrainAugment
 from cion.training.collectives import average_buffers, sync_batchnorm
@@ -423,6 +423,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
     task = None
     sums: dict = {}
     n_sum, t_last, n_img = 0, time.perf_counter(), 0
+    shown_loss = float("nan")
     data_loader = None
     try:
         with (bar if bar is not None else contextlib.nullcontext()):
@@ -497,6 +498,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
                                   "progress": round(epoch + (step + 1) / steps, 6), "lr": lr,
                                   **mean, "images_per_s": n_img / max(now - t_last, 1e-9)}
                         t_last, n_img = now, 0
+                        shown_loss = mean["loss"]
                         metrics.write(record)
                         for cb in callbacks:
                             cb(record)
@@ -506,8 +508,8 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
                     elif callbacks:
                         for cb in callbacks:
                             cb({"step": global_step, "epoch": epoch})
-                    if bar is not None:
-                        bar.update(task, advance=1, loss=float(stats["loss"]))
+                    if bar is not None:      # the loss shown is the last logged one (no sync)
+                        bar.update(task, advance=1, loss=shown_loss)
                     if not last_of_epoch and (global_step % cfg.checkpoint_every == 0 or stopped):
                         save(epoch, step + 1)
                     if stopped:
