@@ -232,3 +232,26 @@ def test_global_batchnorm_is_plain_batchnorm_in_one_process():
     x = torch.randn(5, 3, 8, 8)
     assert torch.allclose(conv(x), ref(x), atol=1e-6)
     assert _maxdiff(conv.state_dict(), ref.state_dict()) <= 1e-6
+
+
+@pytest.mark.parametrize("mode", ["supervised", "mgn", "usl"])
+def test_bf16_autocast_with_clipping_runs_every_mode(tiny_world, tmp_path, mode, one_torch_thread):
+    """Mixed precision (bf16 autocast, CPU here; GPUs take the same path) and gradient clipping
+    after unscaling: every mode runs, its losses are finite, master weights stay fp32."""
+    from safetensors.torch import load_file
+
+    from cion.finetune.config import FinetuneConfig
+    from cion.finetune.trainer import finetune
+
+    cfg = FinetuneConfig(mode=mode, arch="test_resnet", img_size=[64, 32], batch_size=16,
+                         instances=4, optimizer="adam", lr=3e-3, warmup_epochs=0, max_steps=2,
+                         iters_per_epoch=2, k1=10, precision="bf16", clip_grad=1.0,
+                         tensorboard=False, device="cpu", num_workers=0, log_every=1)
+    report = finetune(cfg, tiny_world / "market", tmp_path, evaluate=False, progress=False,
+                      log=lambda m: None)
+    assert report["precision"] == "bf16" and report["steps"] == 2
+    lines = _lines(tmp_path / "metrics.jsonl")
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in lines)
+    state = load_state(tmp_path / "checkpoint.pt")
+    assert all(v.dtype != torch.bfloat16 for v in state["model"].values())   # fp32 master weights
+    assert load_file(str(tmp_path / "model.safetensors"))
