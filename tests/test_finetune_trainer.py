@@ -211,6 +211,7 @@ def test_schedules_known_values():
     ("precision", "fp8", "must be auto, fp32, bf16 or fp16"),
     ("warmup_factor", 0, "must be in (0, 1]"),
     ("lr", "fast", "lr must be a number"),
+    ("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
 ])
 def test_config_names_the_bad_option(field, value, message):
     from cion.errors import CionError

@@ -186,6 +186,9 @@ class FinetuneConfig:
             bad("memory_update", "must be hard or plain")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             bad("precision", "must be auto, fp32, bf16 or fp16")
+        import re
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            bad("device", "must be auto, cpu, cuda or cuda:N")
         self.channels_last = str(self.channels_last).lower()
         if self.channels_last not in ("auto", "true", "false"):
             bad("channels_last", "must be auto, true or false")
