@@ -33,7 +33,7 @@ FLOW = {
     "extract": "Images -> L2-normalised features (.npy, manifest row order).",
     "denoise": "Tracklets -> cross-video identities (multi-level denoising).",
     "pretrain": "Identity-guided self-distillation of a ReIDZoo backbone.",
-    "finetune": "Supervised BNNeck ReID fine-tuning of a pre-trained backbone.",
+    "finetune": "ReID fine-tuning: supervised BNNeck, MGN, Cluster Contrast.",
     "evaluate": "mAP / CMC / mINP on a ReID benchmark, ranked lists.",
     "zoo": "The 32 ReIDZoo backbones: list, inspect, convert, export.",
     "demo": "The whole flow on the synthetic world, with a report.",
@@ -482,39 +482,57 @@ def evaluate(
 
 @app.command()
 def finetune(
-    data: Path = typer.Option(..., "--data", help="Dataset folder (or table file) with a train split."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (or table file) with a train split "
+                              "(Cluster Contrast modes: the target set, its labels unused)."),
+    out: Path = typer.Option(..., "--out", help="Run directory; running again with the same --out resumes."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="supervised (BNNeck) | mgn | usl | uda "
+                                       "(Cluster Contrast); default from --config, else supervised."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone: a ReIDZoo name (cion zoo list) "
+                                       "or test_resnet / test_vit; default from --config."),
     dataset: str = typer.Option("market1501", "--dataset", help="market1501 | msmt17 | folder "
                                 "(train/ query/ gallery/ identity folders) | table (CSV/Parquet "
                                 "with a split column)."),
-    arch: str = typer.Option(..., "--arch", help="Backbone: a ReIDZoo name (cion zoo list) or "
-                             "test_resnet / test_vit."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Initial weights: a "
-                                              "pre-training backbone.safetensors (or the authors' "
-                                              ".pth for a ReIDZoo arch); default random init."),
-    out: Path = typer.Option(..., "--out", help="Output directory: backbone.safetensors + finetune.json."),
-    steps: int = typer.Option(600, "--steps", help="Optimiser steps."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch (identities x --instances)."),
-    instances: int = typer.Option(4, "--instances", help="Images per identity in a batch."),
-    lr: float = typer.Option(3.5e-4, "--lr", help="Peak learning rate (warm-up, then cosine to 1%)."),
-    warmup_steps: int = typer.Option(50, "--warmup-steps", help="Linear warm-up steps."),
-    img_size: str = typer.Option("256x128", "--img-size", help="Input HEIGHTxWIDTH for training and evaluation."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, batches and augmentation."),
-    optimizer: str = typer.Option("adam", "--optimizer", help="adam (weight decay 5e-4) | sgd (momentum 0.9)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Initial backbone: a "
+                                              "backbone.safetensors (pre-training or fine-tuning) or "
+                                              "the authors' .pth for a ReIDZoo arch; default random."),
+    source_checkpoint: Optional[Path] = typer.Option(None, "--source-checkpoint", help="uda: the "
+                                                     "backbone fine-tuned with labels on the source set "
+                                                     "(required for uda; default: none)."),
+    config: Optional[Path] = typer.Option(None, "--config", show_default="none: the mode's defaults", help="YAML recipe (configs/finetune/)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", show_default="none", help="KEY=VALUE overriding any recipe "
+                                             "field (repeatable), e.g. --set eps=0.7."),
+    steps: Optional[int] = typer.Option(None, "--steps", show_default="from the recipe (epochs)", help="Run length in optimiser steps "
+                                        "(the recipe's schedule scaled onto them)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default="from the recipe", help="GLOBAL batch (identities x --instances)."),
+    instances: Optional[int] = typer.Option(None, "--instances", show_default="from the recipe", help="Images per identity (cluster) in a batch."),
+    lr: Optional[float] = typer.Option(None, "--lr", show_default="from the recipe", help="Peak learning rate."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", show_default="from the recipe", help="Warm-up steps (with --steps)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", show_default="from the recipe", help="sgd | adam."),
+    img_size: Optional[str] = typer.Option(None, "--img-size", show_default="from the recipe", help="Input HEIGHTxWIDTH for training and evaluation."),
+    seed: Optional[int] = typer.Option(None, "--seed", show_default="from the recipe", help="Seed of the initialisation, batches and augmentation."),
+    workers: Optional[int] = typer.Option(None, "--workers", show_default="from the recipe", help="Data-loader processes per training process."),
+    device: Optional[str] = typer.Option(None, "--device", show_default="from the recipe: auto", help="auto | cpu | cuda | cuda:N."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Score query vs gallery "
-                                  "(mAP / rank-1 / mINP) before and after fine-tuning."),
-    device: str = typer.Option("cpu", "--device", help="Where training runs: cpu | cuda | cuda:N."),
+                                  "(mAP / rank-1 / mINP) at the start, every eval_every epochs and at the end."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Supervised BNNeck fine-tuning (ID + triplet loss) of a random or pre-trained backbone on a
-    ReID train split; writes OUT/backbone.safetensors and OUT/finetune.json."""
-    from cion.finetune import SupervisedConfig
-    from cion.finetune.cli_stage import format_summary, run_finetune
+    """Fine-tune a backbone as the paper did: supervised BNNeck, MGN, or Cluster Contrast (USL /
+    UDA); resumable, DDP under torchrun, mixed precision. Writes OUT/backbone.safetensors,
+    model.safetensors, best.safetensors, metrics.jsonl and finetune.json."""
+    from cion import distributed
+    from cion.finetune.cli_stage import build_config, format_summary
+    from cion.finetune.trainer import finetune as run
 
-    cfg = SupervisedConfig(steps=steps, batch_size=batch_size, instances=instances, lr=lr,
-                           warmup_steps=warmup_steps, optimizer=optimizer, seed=seed, device=device,
-                           image_size=_parse_size(img_size, "--img-size"))
-    report = run_finetune(data, out, arch=arch, dataset=dataset, checkpoint=checkpoint, cfg=cfg,
-                          evaluate=evaluate, log=typer.echo)
-    typer.echo(format_summary(report))
+    cfg = build_config(mode, arch, config, sets, steps=steps, warmup_steps=warmup_steps,
+                       batch_size=batch_size, instances=instances, lr=lr, optimizer=optimizer,
+                       img_size=list(_parse_size(img_size, "--img-size")) if img_size else None,
+                       seed=seed, num_workers=workers, device=device)
+    report = run(cfg, data, out, dataset=dataset, checkpoint=checkpoint,
+                 source_checkpoint=source_checkpoint, evaluate=evaluate, progress=progress,
+                 log=lambda msg: typer.echo(msg) if distributed.rank() == 0 else None)
+    if distributed.rank() == 0:
+        typer.echo(format_summary(report))
+    distributed.cleanup()
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -49,6 +49,12 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     assert all("finetuned" in r for r in results["runs"])
     random_row = next(r for r in results["runs"] if r["method"] == "random")
     assert random_row["finetuned"]["mAP"] > random_row["mAP"]      # 30 supervised steps help
+    # the USL row (Cluster Contrast without labels) for random / instance / tracklet / CION
+    assert set(results["usl"]) == {"random", "instance", "tracklet", "cion"}
+    usl_runs = [r for r in results["runs"] if "usl" in r]
+    assert len(usl_runs) == 4 and all(len(r["usl"]["clusters"]) == 2 for r in usl_runs)
+    assert all(0.0 <= r["usl"]["mAP"] <= 1.0 for r in usl_runs)
+    assert "Cluster Contrast" in (out / "report.md").read_text()
     # denoising stages against ground truth: raw, then the three levels
     stages = results["denoising"]["stages"]
     assert [s["level"] for s in stages] == ["raw", "tracklet", "video", "cross"]

@@ -14,7 +14,7 @@ from cion.errors import CionError
 from cion.pretrain.config import PretrainConfig
 from cion.pretrain.head import DINOHead
 from cion.pretrain.monitor import CollapseMonitor
-from cion.pretrain.schedules import cosine, schedule_values
+from cion.training.schedules import cosine, schedule_values
 from cion.pretrain.trainer import clip_gradients, ema_update, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]

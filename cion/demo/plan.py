@@ -22,6 +22,8 @@ METHODS = {
               "(only a synthetic world has them)",
 }
 TRAINED = ("instance", "tracklet", "cion_video", "cion", "oracle")
+#: methods that also get the unsupervised fine-tune (Cluster Contrast USL, the paper's Table 2)
+USL_METHODS = ("random", "instance", "tracklet", "cion")
 
 
 @dataclass
@@ -44,6 +46,10 @@ class DemoPlan:
     # because this world is dense (see cion.denoise.calibrate); the report shows other values
     false_links: float = 1.0
     finetune_steps: int = 300        # short supervised fine-tune on the benchmark's train split
+    # Cluster Contrast (USL) on the benchmark's train split without labels: epochs of
+    # re-clustering x iterations each (0 epochs: no USL row)
+    usl_epochs: int = 6
+    usl_iters: int = 8
     tsne_identities: int = 15
     recipe: Path = RECIPE
     workers: int = 2                 # pre-training runs in parallel (one CPU thread each)
@@ -55,6 +61,7 @@ def demo_plan(quick: bool, seed: int = 0) -> DemoPlan:
     """The full demo, or the ``--quick`` one; ``seed`` shifts the world and every run's seed."""
     if quick:
         return DemoPlan(identities=30, videos=8, cameras=4, bench_identities=30,
-                        image_size=(64, 32), seeds=(seed,), steps=80, finetune_steps=30)
+                        image_size=(64, 32), seeds=(seed,), steps=80, finetune_steps=30,
+                        usl_epochs=2, usl_iters=4)
     return DemoPlan(identities=60, videos=16, cameras=4, bench_identities=100,
                     image_size=(64, 32), seeds=(seed, seed + 1), steps=900)

@@ -251,6 +251,17 @@ def write_report(path: Path, results: dict, runs: list[dict]) -> Path:
                   "paper's own comparisons (its Table 4, Fig. 5) are of this kind.", ""]
         lines += _score_table(tuned, with_camera=False)
         lines += ["", "The ordering after fine-tuning:", ""] + _verdict_lines(ordering(tuned))
+    usl = results.get("usl") or {}
+    if usl:
+        lines += ["", "### After unsupervised fine-tuning (Cluster Contrast, the paper's Table 2 "
+                  "in miniature)", "",
+                  f"Backbones fine-tuned without labels on the benchmark's `bounding_box_train`: "
+                  f"{plan.get('usl_epochs', '?')} epochs, each re-clustering the train images "
+                  "(k-reciprocal Jaccard distance, DBSCAN) and training "
+                  f"{plan.get('usl_iters', '?')} steps against the cluster memory "
+                  "(`cion finetune --mode usl`, demo-sized: k1 10, lr 3e-3), same seed for "
+                  "every method, then scored on the same query / gallery.", ""]
+        lines += _score_table(usl, with_camera=False)
     lines += ["", "## 4. Training curves", "", f"![curves]({figs['curves']})", "",
               "A teacher entropy climbing to log(out_dim) means the teacher's output went "
               "uniform (DINO's collapse); one falling and staying low means it assigns images "

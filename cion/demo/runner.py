@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cion.demo.plan import METHODS, TRAINED, DemoPlan, demo_plan
+from cion.demo.plan import METHODS, TRAINED, USL_METHODS, DemoPlan, demo_plan
 from cion.errors import CionError
 
 LEVEL_SETS = (("tracklet",), ("tracklet", "video"), ("tracklet", "video", "cross"))
@@ -128,7 +128,8 @@ def demo_job(plan: DemoPlan, method: str, seed: int, manifest: Path, root: str, 
             "config": demo_recipe(plan) if recipe is None else recipe, "steps": plan.steps,
             "curriculum": [list(c) for c in (curriculum or plan.curriculum)],
             "run_dir": str(run_dir), "market": str(world / "market"), "threads": 1,
-            "finetune_steps": plan.finetune_steps}
+            "finetune_steps": plan.finetune_steps, "usl_epochs": plan.usl_epochs,
+            "usl_iters": plan.usl_iters, "usl_methods": list(USL_METHODS)}
 
 
 def _jobs(plan: DemoPlan, out: Path, world: Path, manifests: dict, root: str) -> list[dict]:
@@ -271,7 +272,9 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
     jobs = _jobs(plan, out, world, manifests, str(df.attrs.get("root", world / "pretrain")))
     stage(4, f"pre-training {len(TRAINED)} methods x {len(plan.seeds)} seed(s) of {plan.steps} "
              f"steps, {plan.workers} at a time; every run (and the random initialisation) is "
-             f"then evaluated zero-shot and after {plan.finetune_steps} fine-tuning steps")
+             f"then evaluated zero-shot and after {plan.finetune_steps} fine-tuning steps"
+             + (f"; {', '.join(USL_METHODS)} also after Cluster Contrast (USL) without labels"
+                if plan.usl_epochs else ""))
     t = time.perf_counter()
     runs = run_jobs(jobs, plan.workers, log)
     timings["pretrain"] = time.perf_counter() - t
@@ -282,11 +285,13 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
     size = tuple(recipe["global_size"])
     table = summarise(runs)
     tuned = summarise(runs, "finetuned")
+    usl = summarise(runs, "usl")
     for method, row in table.items():
-        ft = tuned.get(method)
+        ft, us = tuned.get(method), usl.get(method)
         log(f"[demo]   {method:>10}: zero-shot mAP {100 * row['mAP']:5.1f} ± "
             f"{100 * row['mAP_std']:.1f}  rank-1 {100 * row['rank1']:5.1f}"
-            + (f" | fine-tuned mAP {100 * ft['mAP']:5.1f} ± {100 * ft['mAP_std']:.1f}" if ft else ""))
+            + (f" | fine-tuned mAP {100 * ft['mAP']:5.1f} ± {100 * ft['mAP_std']:.1f}" if ft else "")
+            + (f" | USL mAP {100 * us['mAP']:5.1f} ± {100 * us['mAP_std']:.1f}" if us else ""))
 
     stage(6, "figures, report.md, results.json")
     t = time.perf_counter()
@@ -301,6 +306,8 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
                           "same_camera_top1": r.get("same_camera_top1")} for m, r in table.items()},
         "finetuned": {m: {k: r[k] for k in ("mAP", "rank1", "mAP_std", "rank1_std", "seeds")}
                       for m, r in tuned.items()},
+        "usl": {m: {k: r[k] for k in ("mAP", "rank1", "mAP_std", "rank1_std", "seeds")}
+                for m, r in usl.items()},
         "chance_same_camera_top1": figures.chance_same_camera(world),
         "pair_distances": pair_table,
         "denoising": {"extractor": extractor_name(plan),
@@ -315,7 +322,8 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, seed: int
         "plan": {"quick": quick, "seed": seed, "seeds": list(plan.seeds), "steps": plan.steps,
                  "arch": arch, "image_size": list(size), "images": len(df),
                  "recipe": str(plan.recipe.name), "curriculum": [list(c) for c in plan.curriculum],
-                 "finetune_steps": plan.finetune_steps},
+                 "finetune_steps": plan.finetune_steps, "usl_epochs": plan.usl_epochs,
+            "usl_iters": plan.usl_iters, "usl_methods": list(USL_METHODS)},
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
         "figures": {k: str(Path(v).relative_to(out)) for k, v in figs.items()},
         "seconds": timings,

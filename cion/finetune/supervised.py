@@ -28,7 +28,7 @@ from cion.finetune.bnneck import BNNeckModel
 from cion.finetune.losses import batch_hard_triplet, smoothed_cross_entropy
 from cion.finetune.sampler import PKSampler
 from cion.finetune.transforms import TrainAugment, decode_images
-from cion.pretrain.schedules import cosine
+from cion.training.schedules import cosine
 
 OPTIMIZERS = ("adam", "sgd")
 

@@ -40,7 +40,7 @@ from cion.pretrain.config import PretrainConfig
 from cion.pretrain.head import DINOHead, MultiCropNet
 from cion.pretrain.loss import IdentityDINOLoss
 from cion.pretrain.monitor import CollapseMonitor
-from cion.pretrain.schedules import schedule_values
+from cion.training.schedules import schedule_values
 
 
 @dataclass

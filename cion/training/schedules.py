@@ -55,3 +55,35 @@ def schedule_values(cfg, progress: float) -> dict[str, float]:
         "teacher_temp": linear_then_constant(progress, cfg.warmup_teacher_temp_epochs,
                                              cfg.warmup_teacher_temp, cfg.teacher_temp),
     }
+
+
+def warmup_hold_cosine(progress: float, total: float, peak: float, end: float,
+                       warmup: float = 0.0, warmup_factor: float = 0.01,
+                       hold_until: float = 0.0) -> float:
+    """Linear warm-up from ``peak * warmup_factor`` to ``peak`` over ``warmup`` epochs, constant
+    ``peak`` until epoch ``hold_until``, then a half-cosine to ``end`` at ``total`` epochs.
+
+    The supervised fine-tuning schedules (all in epochs, ``progress`` a float): BNNeck
+    (warm-up, then cosine: ``hold_until <= warmup``) and MGN (10 warm-up epochs from 0.01x,
+    constant to epoch 30, cosine to ~7.7e-7 at 60).
+    """
+    if warmup > 0 and progress < warmup:
+        start = peak * warmup_factor
+        return start + (peak - start) * progress / warmup
+    begin = max(warmup, hold_until)
+    if progress < begin:
+        return peak
+    span = max(total - begin, 1e-12)
+    t = min(max((progress - begin) / span, 0.0), 1.0)
+    return end + 0.5 * (peak - end) * (1.0 + math.cos(math.pi * t))
+
+
+def warmup_step_decay(progress: float, peak: float, step_size: float, gamma: float = 0.1,
+                      warmup: float = 0.0, warmup_factor: float = 0.01) -> float:
+    """Linear warm-up as in :func:`warmup_hold_cosine`, then ``peak * gamma ** floor(epoch /
+    step_size)`` (Cluster Contrast: x0.1 every 20 epochs). The decay counts whole epochs, so
+    an epoch keeps one rate."""
+    if warmup > 0 and progress < warmup:
+        start = peak * warmup_factor
+        return start + (peak - start) * progress / warmup
+    return peak * gamma ** math.floor(progress / step_size + 1e-9)
