@@ -2,6 +2,8 @@
 tiny in-process run with bf16 autocast + channels_last on CPU."""
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 
 import numpy as np
@@ -144,9 +146,13 @@ def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
     from cion.pretrain.toydata import make_toy_manifest
 
     df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))
-    r = pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True), tmp_path / "run",
-                 progress=False)
+    with _forward_log() as seen:
+        r = pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True), tmp_path / "run",
+                     progress=False)
     assert r.steps == 2 and math.isfinite(r.last_loss)
+    linear = [dtype for kind, dtype, _ in seen if kind == "Linear"]
+    assert linear and all(d == torch.bfloat16 for d in linear)      # the matmuls ran in bf16
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision_used"] == "bf16"
     assert (tmp_path / "run" / "tensorboard").is_dir()
     model = load_backbone("test_vit", r.backbone, (32, 16))
     assert model(torch.randn(2, 3, 32, 16)).shape == (2, 64)
@@ -156,6 +162,47 @@ def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
     with pytest.raises(CionError, match="fp16"):
         pretrain(df, tiny_pretrain_cfg(precision="fp16", tensorboard=True), tmp_path / "run16",
                  progress=False)
+
+
+def test_channels_last_option_reaches_every_convolution(tmp_path, tiny_pretrain_cfg):
+    """``channels_last: true``: every convolution of the training step sees NHWC inputs (and
+    ``false``: none does)."""
+    from cion.pretrain import pretrain
+    from cion.pretrain.toydata import make_toy_manifest
+
+    df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))
+    for flag in ("true", "false"):
+        with _forward_log() as seen:
+            pretrain(df, tiny_pretrain_cfg(arch="test_resnet", channels_last=flag, max_steps=1),
+                     tmp_path / flag, progress=False)
+        conv = [nhwc for kind, _, nhwc in seen if kind == "Conv2d" and nhwc is not None]
+        assert len(conv) > 10
+        assert all(conv) if flag == "true" else not any(conv), flag
+        info = json.loads((tmp_path / flag / "config.json").read_text())
+        assert info["channels_last"] is (flag == "true")
+
+
+@contextlib.contextmanager
+def _forward_log():
+    """Record (module type, output dtype, whether a convolution's input is channels_last, None
+    where that is ambiguous) for every module forward under autograd (the training step, not evaluation)."""
+    seen = []
+
+    def hook(module, args, output):
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+            return
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        nhwc = None
+        if isinstance(module, torch.nn.Conv2d) and x is not None and x.ndim == 4 \
+                and x.shape[1] > 1 and min(x.shape[2:]) > 1:
+            nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        seen.append((type(module).__name__, output.dtype, nhwc))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
