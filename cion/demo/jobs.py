@@ -42,7 +42,8 @@ def pretrain_and_evaluate(job: dict) -> dict:
 
     Returns ``{"method", "seed", "mAP", "rank1", "mINP", "seconds", "backbone", "losses",
     "steps"}`` (``losses``: (step, loss, teacher entropy) triples; ``backbone`` None for
-    ``random``), plus ``"finetuned": {"mAP", "rank1", "mINP", "seconds"}`` when fine-tuned."""
+    ``random``), for trained runs also ``"manifest"`` and ``"identities"`` (the labelling trained
+    on and its number of identities), plus ``"finetuned": {"mAP", "rank1", "mINP", "seconds"}`` when fine-tuned."""
     import numpy as np
     import pandas as pd
     import torch
@@ -89,6 +90,7 @@ def pretrain_and_evaluate(job: dict) -> dict:
     scores = zero_shot_map(model, job["market"], config.global_size)
     out = {"method": method, "seed": seed, **scores, "seconds": seconds,
            "backbone": str(result.backbone), "steps": result.steps, "epochs": config.epochs,
+           "manifest": job["manifest"], "identities": int(np.unique(labels).size),
            "losses": [(h["step"], h["loss"], h["teacher_entropy"]) for h in result.history]}
     return _finetune(out, model, job, config.global_size)
 
