@@ -44,3 +44,31 @@ def tiny_pretrain_cfg():
         return PretrainConfig(**dict(base, **overrides))
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_tree_stays_clean():
+    """No test may leave files in the repository (outputs belong in tmp_path): new top-level
+    entries or new untracked files after the session are an error."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ignore = {".pytest_cache", "__pycache__"}
+
+    def snapshot():
+        top = {p for p in os.listdir(root) if p not in ignore}
+        try:
+            res = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=root,
+                                 capture_output=True, text=True, timeout=60)
+            untracked = set(res.stdout.splitlines()) if res.returncode == 0 else set()
+        except (OSError, subprocess.SubprocessError):
+            untracked = set()
+        return top, untracked
+
+    before = snapshot()
+    yield
+    after = snapshot()
+    new = sorted((after[0] - before[0]) | (after[1] - before[1]))
+    assert not new, f"tests left files in the working tree: {new[:10]}"

@@ -66,8 +66,10 @@ def test_extract_cli_colour_hist(tiny_world, tmp_path):
     assert info["rows"] == len(man) and info["model"] == "colour-hist"
 
 
-def test_bad_model_and_data_errors(tmp_path, capsys):
+def test_bad_model_and_data_errors(tmp_path, capsys, monkeypatch):
     from cion.cli import main
+
+    monkeypatch.chdir(tmp_path)                  # evaluate's default --out is ./cion_eval
 
     with pytest.raises(CionError, match="unknown model 'nonsense'"):
         load_model("nonsense")
@@ -78,6 +80,7 @@ def test_bad_model_and_data_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["evaluate", "--model", "colour-hist", "--dataset", "market1501", "--root", str(tmp_path)])
     assert e.value.code == 2 and "expected Market-1501 folders" in capsys.readouterr().err
+    assert not (tmp_path / "cion_eval").exists()  # nothing made before the inputs were checked
 
 
 def test_evaluate_cli_end_to_end(tiny_world, tmp_path, capsys):
