@@ -117,9 +117,9 @@ def test_evaluate_reads_a_test_arch_backbone_file(tiny_world, tmp_path):
     """A demo / test backbone file (``test_resnet``, not a zoo model) is evaluated from its
     ``arch`` metadata, with the same numbers as the pre-training's own zero-shot scorer."""
     from cion.evaluation.pipeline import evaluate_model
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.checkpoint import save_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone
+    from cion.models.checkpoint import save_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     torch.manual_seed(0)
     model = build_backbone("test_resnet", (64, 32)).eval()

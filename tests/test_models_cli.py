@@ -9,7 +9,7 @@ import torch
 
 from cion.cli import main
 from cion.models import create_model
-from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkpoint
+from fake_checkpoint import load_layouts, write_fake_official_checkpoint
 
 LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
 

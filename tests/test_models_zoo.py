@@ -19,7 +19,7 @@ import torch
 from cion.errors import CionError
 from cion.models import FAMILIES, ZOO, create_model, list_models, model_info
 from cion.models.convert import official_to_ours
-from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkpoint
+from fake_checkpoint import load_layouts, write_fake_official_checkpoint
 
 LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
 SPEC_FAMILY_PARAMS = {"resnet18_ibn": 11.2, "resnet50_ibn": 23.5, "resnet101_ibn": 42.5, "resnet152_ibn": 58.1}

@@ -142,7 +142,7 @@ def test_channels_last_forward_matches():
 
 def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
     from cion.pretrain import pretrain
-    from cion.pretrain.backbone import load_backbone
+    from cion.models.backbone import load_backbone
     from cion.pretrain.toydata import make_toy_manifest
 
     df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))

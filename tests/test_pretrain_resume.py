@@ -12,7 +12,7 @@ import textwrap
 import torch
 from safetensors.torch import load_file
 
-from cion.pretrain.checkpoint import load_checkpoint
+from cion.pretrain.checkpoint import load_training_state
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
@@ -50,17 +50,17 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     run = tmp_path / "run"
     first = _run(data, run, kill_at=5)       # mid-epoch 0, last checkpoint after step 3
     assert first.returncode == -signal.SIGKILL, first.stderr
-    assert load_checkpoint(run / "checkpoint.pt")["global_step"] == 3
+    assert load_training_state(run / "checkpoint.pt")["global_step"] == 3
     second = _run(data, run, kill_at=8)      # epoch 1 (K=4), resumes from the epoch-end checkpoint
     assert second.returncode == -signal.SIGKILL, second.stderr
     assert "resuming" in second.stderr
-    state = load_checkpoint(run / "checkpoint.pt")
+    state = load_training_state(run / "checkpoint.pt")
     assert state["global_step"] == 6 and state["sampler"]["epoch"] == 1
     assert state["sampler"]["curriculum"] == [[0, 2], [1, 4]]
     last = _run(data, run, kill_at=-1)
     assert last.returncode == 0, last.stderr
 
-    a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
+    a, b = load_training_state(tmp_path / "ref" / "checkpoint.pt"), load_training_state(run / "checkpoint.pt")
     assert a["global_step"] == b["global_step"] == 10
 
     def maxdiff(x, y):

@@ -33,8 +33,7 @@ from PIL import Image
 
 from cion.errors import CionError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from cion.data.imagenet import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 
 @dataclass

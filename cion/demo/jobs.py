@@ -50,12 +50,12 @@ def pretrain_and_evaluate(job: dict) -> dict:
 
     torch.set_num_threads(int(job.get("threads", 1)))
     from cion.pretrain import PretrainConfig, pretrain
-    from cion.pretrain.backbone import load_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import load_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     method, seed = job["method"], int(job["seed"])
     if method == "random":
-        from cion.pretrain.backbone import build_backbone
+        from cion.models.backbone import build_backbone
 
         cfg = job["config"]
         size = tuple(cfg["global_size"])
@@ -105,7 +105,7 @@ def _finetune(out: dict, model, job: dict, size) -> dict:
     import torch
 
     from cion.finetune import SupervisedConfig, finetune_on_market
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.evaluation.retrieval import zero_shot_map
 
     torch.manual_seed(out["seed"])
     # lr 3e-3, not the strong baseline's 3.5e-4: the 0.2M-parameter demo backbone barely moves

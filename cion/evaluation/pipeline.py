@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cion.evaluation.rank import distance_chunks, evaluate_distance_chunks, prepare_features
+from cion.evaluation.rank import distance_chunks, evaluate_distance_chunks, prepare_query_gallery
 from cion.fileio import ensure_writable_dir
 
 #: Ranks reported in tables (CMC is written in full to the JSON).
@@ -104,7 +104,7 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
     nq, ng = len(qf), len(gf)
 
     t0 = time.perf_counter()
-    q, g = prepare_features(qf, gf, metric, device)
+    q, g = prepare_query_gallery(qf, gf, metric, device)
     top = _TopK(*labels)
     chunks = distance_chunks(q, g, metric)
     res = evaluate_distance_chunks(top(chunks), nq, ng, *labels, max_rank=max_rank, device=q.device)

@@ -329,7 +329,7 @@ def distance_fn(metric: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     raise EvaluationError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
 
 
-def prepare_features(qf, gf, metric: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_query_gallery(qf, gf, metric: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features as float32 tensors on ``device`` (default: where ``qf`` is), normalised for cosine."""
     q = _as_features(qf, "query features", device)
     g = _as_features(gf, "gallery features", device if device is not None else q.device)
@@ -358,7 +358,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str
     Peak extra memory is about ``40 * chunk_elements`` bytes plus the features themselves.
     Returns the same dict as :func:`evaluate_rank`.
     """
-    q, g = prepare_features(qf, gf, metric, device)
+    q, g = prepare_query_gallery(qf, gf, metric, device)
     num_q, num_g = q.shape[0], g.shape[0]
     lab = _prepare_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, q.device)
     chunks = distance_chunks(q, g, metric, chunk_elements=chunk_elements)
@@ -407,7 +407,7 @@ def topk_gallery(qf, gf, k: int = 10, *, metric: str = "cosine", distmat=None,
     if distmat is not None:
         d = distmat if torch.is_tensor(distmat) else torch.from_numpy(np.asarray(distmat))
     else:
-        q, g = prepare_features(qf, gf, metric, device)
+        q, g = prepare_query_gallery(qf, gf, metric, device)
         d = distance_fn(metric)(q, g)
     k = min(k, d.shape[1])
     vals, idx = torch.sort(d, dim=1, stable=True)

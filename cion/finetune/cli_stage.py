@@ -140,7 +140,7 @@ def run_finetune(data: str | os.PathLike, out: str | os.PathLike, *, arch: str,
     ``scores`` = ``{"before": {mAP, rank1, mINP}, "after": {...}}`` (fractions in [0, 1]).
     """
     from cion.data.readers import read_dataset
-    from cion.pretrain.checkpoint import save_backbone
+    from cion.models.checkpoint import save_backbone
 
     t_start = time.perf_counter()
     cfg = (cfg or SupervisedConfig()).check()
