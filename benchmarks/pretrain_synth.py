@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/pretrain_synth.py --supervised-steps 600   # learnability check
 
 Generates a small synthetic world (unless --world is given), evaluates the randomly initialised
-backbone (query vs gallery, cosine kNN, SPEC section 7 protocol), pre-trains it with CION on the
+backbone (query vs gallery, cosine kNN, Market-1501 protocol), pre-trains it with CION on the
 pre-training manifest with the chosen identity labels, and evaluates the teacher backbone.
 Prints a table and writes OUT/bench.json.
 

@@ -117,7 +117,7 @@ def ranked_lists(qf, gf, q, g, out: Path, title: str, rows: int = 6, k: int = 8)
         order = np.flatnonzero(valid)[np.argsort(dist[row, valid], kind="stable")][:k]
         ranked.append(order)
         hits.append(gid[order] == qid[i])
-        labels.append(f"id {qid[i]} c{qcam[i]}")
+        labels.append(f"id {qid[i]} c{qcam[i] + 1}")       # cameras are 0-based; names say c1..
     return plot_ranked_lists([qp[i] for i in pick], gp, np.array(ranked), np.array(hits), labels,
                              out, title)
 

@@ -1,6 +1,6 @@
 """ReID ranking metrics: mAP, mINP and multi-shot CMC, without sorting the gallery.
 
-Protocol (SPEC section 7, torchreid's ``eval_market1501``): for every query the gallery is ordered
+Protocol (Market-1501's, as torchreid's ``eval_market1501``; the paper's Sec. 4.1 metrics): for every query the gallery is ordered
 by distance, ties broken by gallery index (a stable sort); gallery items with the query's identity
 *and* camera are dropped, as are junk items (identity -1); identity 0 (Market distractors) stays as
 an ordinary negative; queries left without a positive are skipped. With the kept list:
@@ -272,14 +272,14 @@ def _chunk_rows(num_q: int, num_g: int, chunk_elements: int) -> int:
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict:
-    """mAP, mINP and CMC of a query x gallery distance matrix (SPEC section 7 protocol).
+    """mAP, mINP and CMC of a query x gallery distance matrix (the protocol of the module docstring).
 
     Args:
         distmat: (Q, G) distances, smaller = more similar; numpy array or torch tensor (CPU or
             CUDA; the work happens on its device). Any float dtype.
         q_pids, g_pids: (Q,), (G,) integer identities; gallery -1 = junk (ignored), 0 = distractor.
         q_camids, g_camids: (Q,), (G,) integer camera ids; -1 = unknown (a query with an unknown
-            camera keeps all gallery items of its identity; SPEC protocol otherwise).
+            camera keeps all gallery items of its identity; the Market protocol otherwise).
         max_rank: length of the CMC curve (cut to G if the gallery is smaller).
         chunk_elements: queries are processed in chunks of about this many matrix elements.
 

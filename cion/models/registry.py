@@ -37,7 +37,7 @@ _STRUCTURES = {
 class ZooEntry:
     """Static description of one ReIDZoo backbone.
 
-    ``spec_params_m``: parameters in millions as the paper's Tab. 3 lists them (for ViT this
+    ``paper_params_m``: parameters in millions as the paper's Tab. 3 lists them (for ViT this
     includes the 1000-class ``fc`` of the standalone model, which checkpoints do not contain).
     ``official_params``: backbone parameters of the authors' model (reference layouts).
     ``mAP``: the authors' TransReID-finetuned (Market-1501, MSMT17) mAP at 256x128, in percent
@@ -52,7 +52,7 @@ class ZooEntry:
     builder: str
     feature_dim: int
     official_params: int
-    spec_params_m: Optional[float]
+    paper_params_m: Optional[float]
     mAP: Optional[tuple[float, float]]
     teacher_prefix: str
     reparameterizable: bool = False
@@ -188,7 +188,7 @@ def default_recipe(name: str) -> dict:
 def model_info(name: str) -> dict:
     """Metadata of one model: family, timm base, structure used, widths, parameters, recipe, mAP.
 
-    Keys: ``name, family, timm_name, structure, feature_dim, params, params_spec_m, teacher_prefix,
+    Keys: ``name, family, timm_name, structure, feature_dim, params, params_paper_m, teacher_prefix,
     reparameterizable, channels_last, input_size, local_input_size, reported_mAP, recipe, micro``.
     ``params`` counts backbone parameters (no classifier, buffers excluded); it equals the authors'
     backbone count.
@@ -201,7 +201,7 @@ def model_info(name: str) -> dict:
         "structure": e.structure,
         "feature_dim": e.feature_dim,
         "params": e.official_params,
-        "params_spec_m": e.spec_params_m,
+        "params_paper_m": e.paper_params_m,
         "teacher_prefix": e.teacher_prefix,
         "reparameterizable": e.reparameterizable,
         "channels_last": e.is_cnn,
