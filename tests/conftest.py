@@ -33,12 +33,12 @@ def one_torch_thread():
 
 @pytest.fixture
 def tiny_pretrain_cfg():
-    """Factory of a PretrainConfig small enough for a unit test: a 2-block ViT on 32x16 crops,
+    """Factory of a PretrainConfig small enough for a unit test: vit_micro (a 2-block ViT) on 32x16 crops,
     a 64-way head, 2 steps on CPU; keyword arguments override any field."""
     from cion.pretrain import PretrainConfig
 
     def make(**overrides):
-        base = dict(arch="test_vit", epochs=1, batch_size=8, local_crops=2, global_size=(32, 16),
+        base = dict(arch="vit_micro", epochs=1, batch_size=8, local_crops=2, global_size=(32, 16),
                     local_size=(16, 8), out_dim=64, hidden_dim=32, bottleneck_dim=16,
                     num_workers=0, tensorboard=False, log_every=1, max_steps=2, device="cpu")
         return PretrainConfig(**dict(base, **overrides))

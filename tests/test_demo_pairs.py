@@ -68,7 +68,7 @@ def test_measure_reads_the_images_of_each_pair(tiny_world):
     person = np.where(df["noise"] == "none", df["true_identity"], -1)
     pairs = sample_pairs(_global_tracklets(df), df["video"].factorize()[0], person, n=30)
     torch.manual_seed(0)
-    model = build_backbone("test_resnet", (64, 32))
+    model = build_backbone("resnet_micro", (64, 32))
     augment = MultiCropAugment(MultiCropConfig(global_size=(64, 32), local_crops=0))
     table = measure([("a", 0, model), ("a", 1, model)], paths, pairs, (64, 32), augment)
     one = table["a"]["seeds"][0]

@@ -114,7 +114,7 @@ def test_evaluate_with_a_zoo_model(tiny_world, tmp_path):
 
 
 def test_evaluate_reads_a_test_arch_backbone_file(tiny_world, tmp_path):
-    """A demo / test backbone file (``test_resnet``, not a zoo model) is evaluated from its
+    """A micro-model backbone file (``resnet_micro``, registered beside the zoo) is evaluated from its
     ``arch`` metadata, with the same numbers as the pre-training's own zero-shot scorer."""
     from cion.evaluation.pipeline import evaluate_model
     from cion.models.backbone import build_backbone
@@ -122,11 +122,11 @@ def test_evaluate_reads_a_test_arch_backbone_file(tiny_world, tmp_path):
     from cion.evaluation.retrieval import zero_shot_map
 
     torch.manual_seed(0)
-    model = build_backbone("test_resnet", (64, 32)).eval()
+    model = build_backbone("resnet_micro", (64, 32)).eval()
     path = tmp_path / "backbone.safetensors"
-    save_backbone(model, path, {"arch": "test_resnet"})
+    save_backbone(model, path, {"arch": "resnet_micro"})
     fm = load_model(str(path), img_size=(64, 32))
-    assert fm.name == "test_resnet:backbone.safetensors" and fm.dim == 64
+    assert fm.name == "resnet_micro:backbone.safetensors" and fm.dim == 64
     report = evaluate_model(str(path), "market1501", Path(tiny_world) / "market", out_dir=tmp_path,
                             img_size=(64, 32), figures=False, progress=False,
                             echo=lambda *a: None, device="cpu")

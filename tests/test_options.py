@@ -237,7 +237,7 @@ def test_denoise_whiten_cross_order_and_ground_truth_scores(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ pretrain
 TINY_RECIPE = """
-arch: test_vit
+arch: vit_micro
 epochs: 2
 batch_size: 8
 local_crops: 1

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 RECIPE = """
-arch: test_vit
+arch: vit_micro
 epochs: 1
 batch_size: 8
 local_crops: 2

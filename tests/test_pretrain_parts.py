@@ -109,7 +109,7 @@ def test_head_bn_and_augment_options_reach_the_networks_and_crops(tmp_path):
     from cion import distributed as dist
     from cion.pretrain.trainer import build_networks
 
-    cfg = PretrainConfig(arch="test_resnet", global_size=(32, 16), local_size=(16, 8), out_dim=64,
+    cfg = PretrainConfig(arch="resnet_micro", global_size=(32, 16), local_size=(16, 8), out_dim=64,
                          hidden_dim=32, bottleneck_dim=16, head_bn=True,
                          augment={"gray_p": 1.0, "jitter_p": 0.0, "blur_p": [0, 0, 0]})
     student, teacher, _ = build_networks(cfg, torch.device("cpu"), dist.init("cpu"))
@@ -154,7 +154,7 @@ def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
     assert linear and all(d == torch.bfloat16 for d in linear)      # the matmuls ran in bf16
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision_used"] == "bf16"
     assert (tmp_path / "run" / "tensorboard").is_dir()
-    model = load_backbone("test_vit", r.backbone, (32, 16))
+    model = load_backbone("vit_micro", r.backbone, (32, 16))
     assert model(torch.randn(2, 3, 32, 16)).shape == (2, 64)
     with pytest.raises(CionError, match="different options"):
         pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True, local_crops=3),
@@ -173,7 +173,7 @@ def test_channels_last_option_reaches_every_convolution(tmp_path, tiny_pretrain_
     df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))
     for flag in ("true", "false"):
         with _forward_log() as seen:
-            pretrain(df, tiny_pretrain_cfg(arch="test_resnet", channels_last=flag, max_steps=1),
+            pretrain(df, tiny_pretrain_cfg(arch="resnet_micro", channels_last=flag, max_steps=1),
                      tmp_path / flag, progress=False)
         conv = [nhwc for kind, _, nhwc in seen if kind == "Conv2d" and nhwc is not None]
         assert len(conv) > 10
@@ -209,7 +209,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     from cion.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["pretrain", "--data", str(tmp_path / "missing.parquet"), "--arch", "test_vit",
+        main(["pretrain", "--data", str(tmp_path / "missing.parquet"), "--arch", "vit_micro",
               "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "missing.parquet" in err and "Traceback" not in err

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     from cion.pretrain import PretrainConfig, pretrain
     data, out, kill_at, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     max_steps = int(sys.argv[5]) if sys.argv[5] != "none" else None
-    cfg = PretrainConfig(arch="test_vit", epochs=2, batch_size=8, local_crops=2,
+    cfg = PretrainConfig(arch="vit_micro", epochs=2, batch_size=8, local_crops=2,
                          global_size=(32, 16), local_size=(16, 8), curriculum=[[0, 2], [1, 4]],
                          out_dim=128, hidden_dim=64, bottleneck_dim=32, warmup_epochs=1,
                          num_workers=workers, max_steps=max_steps, checkpoint_every=3, log_every=1, tensorboard=False,

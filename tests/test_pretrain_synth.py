@@ -28,5 +28,5 @@ def test_pretrain_on_world_and_evaluate(tiny_world, tmp_path, tiny_pretrain_cfg)
 
     paths, pids, cams = market_split(tiny_world / "market" / "query")
     assert len(paths) == len(pids) == len(cams) and (pids > 0).all() and (cams >= 0).all()
-    res = zero_shot_map(load_backbone("test_vit", r.backbone, (32, 16)), tiny_world / "market", (32, 16))
+    res = zero_shot_map(load_backbone("vit_micro", r.backbone, (32, 16)), tiny_world / "market", (32, 16))
     assert 0.0 < res["mAP"] <= 1.0 and 0.0 <= res["rank1"] <= 1.0
