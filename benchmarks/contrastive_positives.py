@@ -62,8 +62,8 @@ def main() -> None:
     from cion.demo.jobs import epochs_for_budget
     from cion.demo.plan import demo_plan
     from cion.demo.runner import demo_recipe
-    from cion.pretrain.backbone import build_backbone, feature_width
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone, feature_width
+    from cion.evaluation.retrieval import zero_shot_map
 
     torch.set_num_threads(1)
     results = args.demo / "results.json"

@@ -61,11 +61,11 @@ def main() -> None:
 
     import cion.compat  # noqa: F401  (torchvision on CPU-only torch)
     from cion.data.manifest import read_manifest, resolve_paths
-    from cion.pretrain.backbone import build_backbone, load_backbone
+    from cion.models.backbone import build_backbone, load_backbone
     from cion.demo.pairs import MARGIN, PAIR_KINDS
     from cion.demo.plan import demo_plan
     from cion.demo.runner import demo_recipe, pair_diagnostic
-    from cion.pretrain.evaluate import extract_features
+    from cion.evaluation.retrieval import embed_paths
 
     results = args.demo / "results.json"
     if not results.exists():
@@ -96,7 +96,7 @@ def main() -> None:
             own = args.demo / "runs" / f"{run['method']}_seed{run['seed']}" / "backbone.safetensors"
             run["backbone"] = str(own if own.exists() else run["backbone"])
             model = load_backbone(arch, run["backbone"], size)
-        f = extract_features(model.eval(), paths, size).numpy().astype(np.float64)
+        f = embed_paths(model.eval(), paths, size).numpy().astype(np.float64)
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         r = neighbour_rates(f, tracklet, video, person)
         print(f"| {run['method']} | {run['seed']} | {r['same_tracklet']:.3f} | "

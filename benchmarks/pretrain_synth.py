@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/pretrain_synth.py --supervised-steps 600   # learnability check
 
 Generates a small synthetic world (unless --world is given), evaluates the randomly initialised
-backbone (query vs gallery, cosine kNN, SPEC section 7 protocol), pre-trains it with CION on the
+backbone (query vs gallery, cosine kNN, Market-1501 protocol), pre-trains it with CION on the
 pre-training manifest with the chosen identity labels, and evaluates the teacher backbone.
 Prints a table and writes OUT/bench.json.
 
@@ -48,8 +48,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from cion.data.manifest import read_manifest
     from cion.pretrain import PretrainConfig, pretrain
-    from cion.pretrain.backbone import build_backbone, load_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone, load_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     world = args.world
     if world is None:
@@ -103,8 +103,8 @@ def supervised(df, cfg, world: Path, steps: int) -> None:
 
     from cion.data.manifest import resolve_paths
     from cion.data.transforms import MultiCropAugment, MultiCropConfig
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     keep = df["true_identity"].to_numpy() >= 0
     paths = [p for p, k in zip(resolve_paths(df), keep) if k]

@@ -74,7 +74,7 @@ def bench_train(arch: str, batch: int, gsize, lsize, local_crops: int, steps: in
                 precision: str = "fp32", out_dim: int = 65536) -> dict:
     import torch
 
-    from cion.pretrain.backbone import build_backbone, feature_width
+    from cion.models.backbone import build_backbone, feature_width
     from cion.pretrain.head import DINOHead, MultiCropNet
     from cion.pretrain.loss import IdentityDINOLoss
     from cion.pretrain.trainer import param_groups, training_step

@@ -313,20 +313,24 @@ app.add_typer(zoo_app, name="zoo")
 
 @zoo_app.command("list")
 def zoo_list(family: Optional[str] = typer.Option(None, "--family", help="Only this family (e.g. vit).",
-                                                   show_default="all")) -> None:
+                                                   show_default="all"),
+             show_all: bool = typer.Option(False, "--all", help="Also the micro models (resnet_micro, "
+                                           "vit_micro: tests and the demo; not part of the 32).")) -> None:
     """One line per model: family, parameters, feature width, the authors' finetuned mAP."""
     from cion.models import list_models, model_info
 
     try:
-        names = list_models(family)
+        names = list_models(family, include_micro=show_all)
     except ValueError as err:
         raise CionError(str(err)) from None
     typer.echo(f"{'name':<18}{'family':<12}{'params(M)':>10}{'dim':>6}{'mAP Market/MSMT':>17}  reparam")
     for name in names:
         info = model_info(name)
         mAP = info["reported_mAP"]
+        score = (f"{mAP['market1501']:>10.1f} / {mAP['msmt17']:<4.1f}" if mAP else
+                 f"{'micro, not zoo':>15}  ")
         typer.echo(f"{name:<18}{info['family']:<12}{info['params'] / 1e6:>10.2f}{info['feature_dim']:>6}"
-                   f"{mAP['market1501']:>10.1f} / {mAP['msmt17']:<4.1f}  {'yes' if info['reparameterizable'] else ''}")
+                   f"{score}  {'yes' if info['reparameterizable'] else ''}")
 
 
 @zoo_app.command("info")
@@ -353,7 +357,7 @@ def zoo_convert(
     which: str = typer.Option("teacher", "--which", help="Checkpoint entry to take: teacher or student."),
 ) -> None:
     """Authors' .pth -> our safetensors backbone (safe unpickling, strict key check)."""
-    from cion.models.checkpoint import convert_official
+    from cion.models.factory import convert_official
     from cion.models.registry import get_entry
 
     get_entry(arch)
@@ -488,7 +492,8 @@ def finetune(
     mode: Optional[str] = typer.Option(None, "--mode", help="supervised (BNNeck) | mgn | usl | uda "
                                        "(Cluster Contrast); default from --config, else supervised."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Backbone: a ReIDZoo name (cion zoo list) "
-                                       "or test_resnet / test_vit; default from --config."),
+                                       "or a micro model (resnet_micro / vit_micro, cion zoo list --all); "
+                                       "default from --config."),
     dataset: str = typer.Option("market1501", "--dataset", help="market1501 | msmt17 | folder "
                                 "(train/ query/ gallery/ identity folders) | table (CSV/Parquet "
                                 "with a split column)."),

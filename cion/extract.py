@@ -21,10 +21,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cion.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from cion.errors import CionError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 COLOUR_HIST_NAMES = ("colour-hist", "color-hist", "colour_hist", "color_hist", "colour-histogram")
 #: Image size of the colour-histogram descriptor unless the user sets one.
 COLOUR_HIST_SIZE = (64, 32)
@@ -55,9 +54,10 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None,
         return FeatureModel("colour-hist", None, size, probe.shape[1])
     size = tuple(img_size) if img_size else (256, 128)
     from cion.models import create_model, list_models
+    from cion.models.registry import canonical_name
 
     path = Path(spec)
-    if spec not in list_models() and (path.suffix in (".safetensors", ".pth", ".pt") or path.exists()):
+    if canonical_name(spec) not in list_models(include_micro=True) and (path.suffix in (".safetensors", ".pth", ".pt") or path.exists()):
         if checkpoint is not None:
             raise CionError(f"--model {spec} is a file; give either --model NAME --checkpoint FILE "
                             "or --model FILE.safetensors")
@@ -70,13 +70,8 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None,
         arch = meta.get("arch")
         if arch is None:
             raise CionError(f"{path} has no 'arch' metadata; use --model NAME --checkpoint {path}")
-        from cion.pretrain.backbone import TEST_ARCHS, feature_width, load_backbone
-
-        if arch in TEST_ARCHS:        # the tiny test / demo backbones are not zoo models
-            module = load_backbone(arch, path, size).eval()
-            return FeatureModel(f"{arch}:{path.name}", module, size, feature_width(module, size))
         spec, checkpoint = arch, path
-    if spec not in list_models():
+    if canonical_name(spec) not in list_models(include_micro=True):
         raise CionError(f"unknown model '{spec}': use colour-hist, a ReIDZoo name "
                         f"({', '.join(list_models()[:4])}, ...; see `cion zoo list`) or a "
                         ".safetensors backbone file")

@@ -54,7 +54,7 @@ def colour_histogram(images: np.ndarray, stripes: int = 6, bins: int = 4, centre
 
 def load_images(paths: Sequence[str | os.PathLike], size: tuple[int, int] = (64, 32)) -> np.ndarray:
     """Read images as (N, height, width, 3) uint8 RGB, resized (bilinear) to ``size`` =
-    (height, width), as :func:`cion.pretrain.evaluate.extract_features` does. An unreadable
+    (height, width), as :func:`cion.evaluation.retrieval.embed_paths` does. An unreadable
     file raises :class:`~cion.errors.CionError` naming it."""
     from cion.errors import CionError
 

@@ -29,13 +29,21 @@ def test_ordering_verdicts_use_the_seed_spread():
     assert gaps == pytest.approx([0.09, 0.01])
 
 
-def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
+def test_demo_quick_end_to_end(tmp_path, one_torch_thread, capsys):
+    """The default path: 2 pre-training runs at a time in worker processes."""
+    import os
+
+    import pandas as pd
+
     from cion.cli import main
 
     out = tmp_path / "demo"
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--quick", "--out", str(out), "--workers", "1"])
+        main(["demo", "--quick", "--out", str(out)])
     assert exit_info.value.code in (0, None)
+    log = capsys.readouterr().out
+    if (os.cpu_count() or 1) >= 2:                  # runs came back from the process pool
+        assert "2 at a time" in log and "[demo]   done 6/6:" in log, log[-2000:]
     results = json.loads((out / "results.json").read_text())
     zs = results["zero_shot"]
     assert set(zs) == {"random", "instance", "tracklet", "cion_video", "cion", "oracle"}
@@ -44,6 +52,17 @@ def test_demo_quick_end_to_end(tmp_path, one_torch_thread):
     # the trained runs really trained: each wrote a backbone and took the whole budget
     trained = [r for r in results["runs"] if r["method"] != "random"]
     assert len(trained) == 5 and all(r["steps"] == results["plan"]["steps"] for r in trained)
+    # each method trained on its own labelling, and the table row of a method is its own run
+    counts = {}
+    for r in trained:
+        labels = pd.read_parquet(out / "labels" / f"{r['method']}.parquet")["identity"]
+        assert r["manifest"] == str(out / "labels" / f"{r['method']}.parquet")
+        assert r["identities"] == labels[labels >= 0].nunique()
+        counts[r["method"]] = r["identities"]
+    for r in results["runs"]:
+        assert zs[r["method"]]["seeds"] == [{"seed": r["seed"], "mAP": r["mAP"], "rank1": r["rank1"]}]
+    assert counts["instance"] > counts["tracklet"] > counts["cion"]   # labellings differ
+    assert len(set(counts.values())) >= 4
     # every run, the random initialisation included, was also fine-tuned and scored
     assert set(results["finetuned"]) == set(zs)
     assert all("finetuned" in r for r in results["runs"])

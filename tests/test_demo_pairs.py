@@ -60,19 +60,19 @@ def test_measure_reads_the_images_of_each_pair(tiny_world):
     from cion.data.manifest import read_manifest, resolve_paths
     from cion.data.transforms import MultiCropAugment, MultiCropConfig
     from cion.demo.runner import _global_tracklets
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.evaluate import extract_features
+    from cion.models.backbone import build_backbone
+    from cion.evaluation.retrieval import embed_paths
 
     df = read_manifest(tiny_world / "pretrain" / "manifest.parquet")
     paths = [str(p) for p in resolve_paths(df)]
     person = np.where(df["noise"] == "none", df["true_identity"], -1)
     pairs = sample_pairs(_global_tracklets(df), df["video"].factorize()[0], person, n=30)
     torch.manual_seed(0)
-    model = build_backbone("test_resnet", (64, 32))
+    model = build_backbone("resnet_micro", (64, 32))
     augment = MultiCropAugment(MultiCropConfig(global_size=(64, 32), local_crops=0))
     table = measure([("a", 0, model), ("a", 1, model)], paths, pairs, (64, 32), augment)
     one = table["a"]["seeds"][0]
-    f = extract_features(model, paths, (64, 32)).numpy()    # every row, by the plain route
+    f = embed_paths(model, paths, (64, 32)).numpy()    # every row, by the plain route
     for kind in PAIR_KINDS[1:]:
         i, j = pairs[kind]
         assert one[kind] == pytest.approx(np.mean(1 - np.einsum("nd,nd->n", f[i], f[j])), abs=1e-5)

@@ -66,8 +66,10 @@ def test_extract_cli_colour_hist(tiny_world, tmp_path):
     assert info["rows"] == len(man) and info["model"] == "colour-hist"
 
 
-def test_bad_model_and_data_errors(tmp_path, capsys):
+def test_bad_model_and_data_errors(tmp_path, capsys, monkeypatch):
     from cion.cli import main
+
+    monkeypatch.chdir(tmp_path)                  # evaluate's default --out is ./cion_eval
 
     with pytest.raises(CionError, match="unknown model 'nonsense'"):
         load_model("nonsense")
@@ -78,6 +80,7 @@ def test_bad_model_and_data_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["evaluate", "--model", "colour-hist", "--dataset", "market1501", "--root", str(tmp_path)])
     assert e.value.code == 2 and "expected Market-1501 folders" in capsys.readouterr().err
+    assert not (tmp_path / "cion_eval").exists()  # nothing made before the inputs were checked
 
 
 def test_evaluate_cli_end_to_end(tiny_world, tmp_path, capsys):
@@ -111,19 +114,19 @@ def test_evaluate_with_a_zoo_model(tiny_world, tmp_path):
 
 
 def test_evaluate_reads_a_test_arch_backbone_file(tiny_world, tmp_path):
-    """A demo / test backbone file (``test_resnet``, not a zoo model) is evaluated from its
+    """A micro-model backbone file (``resnet_micro``, registered beside the zoo) is evaluated from its
     ``arch`` metadata, with the same numbers as the pre-training's own zero-shot scorer."""
     from cion.evaluation.pipeline import evaluate_model
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.checkpoint import save_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone
+    from cion.models.checkpoint import save_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     torch.manual_seed(0)
-    model = build_backbone("test_resnet", (64, 32)).eval()
+    model = build_backbone("resnet_micro", (64, 32)).eval()
     path = tmp_path / "backbone.safetensors"
-    save_backbone(model, path, {"arch": "test_resnet"})
+    save_backbone(model, path, {"arch": "resnet_micro"})
     fm = load_model(str(path), img_size=(64, 32))
-    assert fm.name == "test_resnet:backbone.safetensors" and fm.dim == 64
+    assert fm.name == "resnet_micro:backbone.safetensors" and fm.dim == 64
     report = evaluate_model(str(path), "market1501", Path(tiny_world) / "market", out_dir=tmp_path,
                             img_size=(64, 32), figures=False, progress=False,
                             echo=lambda *a: None, device="cpu")

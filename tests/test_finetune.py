@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (BNNeck baseline, SPEC section 6): losses against slow references,
+"""Supervised fine-tuning (BNNeck baseline, docs/finetuning.md): losses against slow references,
 the BN neck, the P x K sampler, the batch augmentation, config checks, and an end-to-end run on
 the synthetic world that must beat random initialisation on zero-shot mAP."""
 from __future__ import annotations
@@ -177,14 +177,14 @@ def test_augment_flip_crop_erase():
 
 
 def test_normalisation_matches_extract_features(tmp_path):
-    from cion.pretrain.evaluate import extract_features
+    from cion.evaluation.retrieval import embed_paths
 
     path = tmp_path / "0001_c1s1_000001_01.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 30, 3), dtype=np.uint8)).save(path)
     arr = decode_images([str(path)], (16, 8))
     assert arr.shape == (1, 16, 8, 3) and arr.dtype == np.uint8
     ours = TrainAugment(flip_p=0, pad=0, erasing_p=0)(arr, np.random.default_rng(0))
-    theirs = extract_features(nn.Flatten(), [str(path)], img_size=(16, 8))
+    theirs = embed_paths(nn.Flatten(), [str(path)], img_size=(16, 8))
     assert torch.allclose(F.normalize(ours.flatten(1), dim=1), theirs, atol=1e-6)
 
 
@@ -247,8 +247,8 @@ def test_finetuning_beats_random_init(tiny_world, one_torch_thread):
     import time
 
     from cion.finetune import finetune_on_market
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     size, market = (64, 32), tiny_world / "market"
     torch.manual_seed(0)

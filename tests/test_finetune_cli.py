@@ -30,8 +30,8 @@ def run_cli(args, capsys):
 
 def pretraining_backbone(path, seed=1):
     """A backbone.safetensors as cion pretrain writes it (save_backbone of the teacher backbone)."""
-    from cion.pretrain.backbone import build_backbone
-    from cion.pretrain.checkpoint import save_backbone
+    from cion.models.backbone import build_backbone
+    from cion.models.checkpoint import save_backbone
 
     torch.manual_seed(seed)
     model = build_backbone("test_resnet", SIZE)
@@ -43,8 +43,8 @@ def test_finetune_from_random_init(tiny_world, tmp_path, capsys, one_torch_threa
     from safetensors import safe_open
 
     from cion.data.readers import read_market1501
-    from cion.pretrain.backbone import build_backbone, load_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone, load_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     market, out = tiny_world / "market", tmp_path / "ft"
     code, stdout, err = run_cli(["finetune", "--data", market, "--out", out, "--steps", 60, *FAST],
@@ -78,7 +78,7 @@ def test_finetune_from_random_init(tiny_world, tmp_path, capsys, one_torch_threa
 
 
 def test_finetune_from_pretraining_backbone(tiny_world, tmp_path, capsys, one_torch_thread):
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.evaluation.retrieval import zero_shot_map
 
     market, ckpt, out = tiny_world / "market", tmp_path / "backbone.safetensors", tmp_path / "ft"
     start = pretraining_backbone(ckpt)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from cion.errors import CionError
 from cion.finetune.mgn import (CE_WEIGHT, HEADS, MGN, TRIPLET_GROUPS, TRIPLET_WEIGHT, CircleSoftmax,
                                freeze_mgn_backbone, mgn_archs, mgn_loss, mgn_supported)
-from cion.pretrain.backbone import build_backbone
+from cion.models.backbone import build_backbone
 
 
 @pytest.fixture

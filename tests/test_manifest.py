@@ -60,13 +60,67 @@ def test_check_paths(tmp_path):
     assert len(read_manifest(path, check_paths=True)) == 4
 
 
-def test_failed_write_leaves_old_file(tmp_path):
+def test_invalid_frame_is_refused_before_writing(tmp_path):
     path = write_manifest(_df(), tmp_path / "m.parquet")
     before = path.read_bytes()
     with pytest.raises(ManifestError):
         write_manifest(_df().drop(columns="path"), path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.parquet"]
+
+
+def test_writer_failing_mid_write_leaves_old_file(tmp_path, monkeypatch):
+    """The atomic path itself: the Parquet writer dies half-way through a VALID frame."""
+    import cion.data.manifest as manifest
+
+    path = write_manifest(_df(), tmp_path / "m.parquet")
+    before = path.read_bytes()
+    real = manifest.pq.write_table
+    seen = []
+
+    def half_then_fail(table, where, **kw):
+        seen.append(str(where))
+        real(table, where, **kw)
+        with open(where, "r+b") as fh:                 # truncated, as a full disk would leave it
+            fh.truncate(len(before) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manifest.pq, "write_table", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        write_manifest(_df().assign(extra="new"), path)
+    assert seen and seen[0] != str(path)               # it wrote a temporary file, not the target
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.parquet"]
+    assert read_manifest(path)["extra"].tolist() == ["a", "b", "c", "d"]
+
+
+KILL_MID_WRITE = """
+import os, signal, sys
+import pandas as pd
+import cion.data.manifest as manifest
+def half_then_die(table, where, **kw):
+    with open(where, "wb") as fh:
+        fh.write(b"PAR1" + b"x" * 100)                 # a partial file, then SIGKILL: no clean-up
+    os.kill(os.getpid(), signal.SIGKILL)
+manifest.pq.write_table = half_then_die
+df = pd.read_parquet(sys.argv[1])
+manifest.write_manifest(df, sys.argv[1])
+"""
+
+
+def test_kill_mid_write_leaves_old_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    path = write_manifest(_df(), tmp_path / "m.parquet")
+    before = path.read_bytes()
+    res = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert path.read_bytes() == before                  # readers still see the complete old file
+    assert len(read_manifest(path)) == 4
+    leftovers = [p for p in os.listdir(tmp_path) if p != "m.parquet"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".m.")   # the dead writer's temp file
 
 
 def test_unreadable_and_absent_files(tmp_path):
@@ -86,6 +140,8 @@ def test_new_manifest_defaults():
 def test_compat_shim_makes_timm_importable():
     import cion.compat
 
-    assert cion.compat.ensure_torchvision() in (True, False)  # idempotent
+    first = cion.compat.ensure_torchvision()
+    assert isinstance(first, bool) and first is cion.compat.TORCHVISION_SHIMMED
+    assert cion.compat.ensure_torchvision() is first              # idempotent
     import timm  # noqa: F401
     from torchvision import transforms  # noqa: F401

@@ -13,9 +13,10 @@ import torch
 
 from cion.errors import CionError
 from cion.models import create_model
-from cion.models.checkpoint import (CheckpointMismatchError, UnsafeCheckpointError, convert_official,
+from cion.models.checkpoint import (CheckpointMismatchError, UnsafeCheckpointError,
                                     read_backbone_file, read_torch_checkpoint, save_backbone)
-from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkpoint
+from cion.models.factory import convert_official
+from fake_checkpoint import load_layouts, write_fake_official_checkpoint
 
 LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
 

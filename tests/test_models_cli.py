@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from cion.cli import main
+from cion.errors import CionError
 from cion.models import create_model
-from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkpoint
+from fake_checkpoint import load_layouts, write_fake_official_checkpoint
 
 LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
 
@@ -59,3 +60,31 @@ def test_zoo_convert_and_export(tmp_path, capsys):
                               "--img-size", "128x64"], capsys)
     assert code == 0, err
     assert "onnxruntime max |diff|" in stdout and onnx_path.stat().st_size > 100_000
+
+
+def test_micro_models_are_registered_beside_the_zoo_and_old_names_work(tmp_path, capsys):
+    from cion.models import list_models, model_info
+    from cion.models.backbone import build_backbone, load_backbone
+    from cion.models.checkpoint import save_backbone
+
+    assert len(list_models()) == 32 and "resnet_micro" not in list_models()
+    assert list_models(include_micro=True)[-2:] == ["resnet_micro", "vit_micro"]
+    code, out, _ = _run(["zoo", "list", "--all"], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 35
+    assert lines[-2].startswith("resnet_micro ") and lines[-1].startswith("vit_micro ")
+    info = model_info("test_vit")                          # the old name resolves
+    assert info["name"] == "vit_micro" and info["micro"] and info["reported_mAP"] is None
+    # same seed, same initialisation under either name (the demo's figures depend on it)
+    torch.manual_seed(3)
+    old = build_backbone("test_resnet", (64, 32)).state_dict()
+    torch.manual_seed(3)
+    new = build_backbone("resnet_micro", (64, 32))
+    assert all(torch.equal(old[k], v) for k, v in new.state_dict().items())
+    assert sum(p.numel() for p in new.parameters()) == model_info("resnet_micro")["params"]
+    # a file written under the old name loads under the new one, and vice versa
+    path = save_backbone(new, tmp_path / "old.safetensors", {"arch": "test_resnet"})
+    again = load_backbone("resnet_micro", path, (64, 32))
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in new.state_dict().items())
+    with pytest.raises(CionError, match="holds a 'test_resnet' backbone"):
+        load_backbone("vit_micro", path, (64, 32))

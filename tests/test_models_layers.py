@@ -77,9 +77,9 @@ def test_resnet_ibn_structure_and_last_stride():
 def test_resnet_residual_branches_start_non_zero():
     """DINO / IBN-Net initialisation: the last BN of each block starts at weight 1 (timm's
     zero_init_last would start it at 0, which stalls from-scratch self-distillation)."""
-    from cion.pretrain.backbone import build_backbone
+    from cion.models.backbone import build_backbone
 
-    for model in (create_model("resnet18"), create_model("resnet50_ibn"), build_backbone("test_resnet")):
+    for model in (create_model("resnet18"), create_model("resnet50_ibn"), build_backbone("resnet_micro")):
         last_bns = [getattr(block, "bn3", None) or block.bn2
                     for stage in ("layer1", "layer2", "layer3", "layer4") for block in getattr(model, stage)]
         assert last_bns and all(torch.all(bn.weight == 1) for bn in last_bns)

@@ -19,11 +19,12 @@ import torch
 from cion.errors import CionError
 from cion.models import FAMILIES, ZOO, create_model, list_models, model_info
 from cion.models.convert import official_to_ours
-from cion.models.fake_checkpoint import load_layouts, write_fake_official_checkpoint
+from fake_checkpoint import load_layouts, write_fake_official_checkpoint
 
 LAYOUTS = load_layouts(Path(__file__).parent / "data" / "reidzoo_layouts.json.gz")
-SPEC_FAMILY_PARAMS = {"resnet18_ibn": 11.2, "resnet50_ibn": 23.5, "resnet101_ibn": 42.5, "resnet152_ibn": 58.1}
-SPEC_WIDTHS = {  # SPEC section 5, feature widths at 256x128
+# IBN-a adds no parameters: the plain ResNets' counts (paper Tab. 3)
+IBN_PARAMS_M = {"resnet18_ibn": 11.2, "resnet50_ibn": 23.5, "resnet101_ibn": 42.5, "resnet152_ibn": 58.1}
+PAPER_WIDTHS = {  # feature widths at 256x128 (the authors' released models)
     "resnet18": 512, "resnet18_ibn": 512, "ghostnet_0_5": 1280, "ghostnet_1_0": 1280, "ghostnet_1_3": 1280,
     "edgenext_x_small": 192, "edgenext_small": 304, "edgenext_base": 584, "repvit_m0_9": 384,
     "repvit_m1_0": 448, "repvit_m1_5": 512, "fastvit_s12": 1024, "fastvit_sa12": 1024, "fastvit_sa24": 1024,
@@ -54,7 +55,7 @@ def test_registry_lists_32_models_of_10_families():
     assert list_models("vit") == ["vit_tiny", "vit_small", "vit_base"]
     for name in names:
         info = model_info(name)
-        assert info["feature_dim"] == SPEC_WIDTHS.get(name, 2048) == LAYOUTS[name]["feature_dim"]
+        assert info["feature_dim"] == PAPER_WIDTHS.get(name, 2048) == LAYOUTS[name]["feature_dim"]
         assert info["teacher_prefix"] == LAYOUTS[name]["teacher_prefix"]
         assert info["params"] == LAYOUTS[name]["num_params_backbone"]
         assert info["recipe"]["local_crops"] >= 1 and info["structure"]
@@ -68,16 +69,16 @@ def test_unknown_name_is_a_clear_error():
         list_models("transformer")
 
 
-def _spec_params_m(name: str):
+def _paper_params_m(name: str):
     entry = ZOO[name]
-    return entry.spec_params_m if entry.spec_params_m is not None else SPEC_FAMILY_PARAMS[name]
+    return entry.paper_params_m if entry.paper_params_m is not None else IBN_PARAMS_M[name]
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_zoo_model_loads_authors_checkpoint_and_runs(name, tmp_path):
     layout = LAYOUTS[name]
     path = tmp_path / f"{name}.pth"
-    written = write_fake_official_checkpoint(layout, path, seed=hash(name) % 1000)
+    written = write_fake_official_checkpoint(layout, path, seed=list_models().index(name))  # reproducible
 
     model = create_model(name, checkpoint=path)
 
@@ -95,13 +96,13 @@ def test_zoo_model_loads_authors_checkpoint_and_runs(name, tmp_path):
     for key in persistent:
         assert torch.equal(state[mapping[key]], written[key].to(state[mapping[key]].dtype)), key
 
-    # --- parameters: exactly the authors' count; SPEC within 1% or its 0.1M rounding ----------------
+    # --- parameters: exactly the authors' count; the paper's Tab. 3 within 1% or its 0.1M rounding ----------------
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == layout["num_params_backbone"]
-    spec_m = _spec_params_m(name)
-    # SPEC counts the ViT's unused 1000-class fc, which the teacher checkpoint does not contain
+    paper_m = _paper_params_m(name)
+    # the paper counts the ViT's unused 1000-class fc, which the teacher checkpoint does not contain
     counted_m = (n_params + ZOO[name].vit_classifier_params) / 1e6
-    assert abs(counted_m - spec_m) <= max(0.01 * spec_m, 0.05), (counted_m, spec_m)
+    assert abs(counted_m - paper_m) <= max(0.01 * paper_m, 0.05), (counted_m, paper_m)
 
     # --- forward: (B, 3, H, W) -> (B, D) at 256x128 and 128x64, eval and train ---------------------
     dim = model.feature_dim

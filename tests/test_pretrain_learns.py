@@ -16,8 +16,8 @@ STEPS = 200
 
 def test_true_identities_beat_random_init(tiny_world, tmp_path, one_torch_thread):
     from cion.data.manifest import read_manifest
-    from cion.pretrain.backbone import build_backbone, load_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import build_backbone, load_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     df = read_manifest(tiny_world / "pretrain" / "manifest.parquet")
     df["identity"] = df["true_identity"]                  # an oracle denoiser; -1 rows dropped

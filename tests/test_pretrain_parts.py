@@ -2,6 +2,8 @@
 tiny in-process run with bf16 autocast + channels_last on CPU."""
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 
 import numpy as np
@@ -107,7 +109,7 @@ def test_head_bn_and_augment_options_reach_the_networks_and_crops(tmp_path):
     from cion import distributed as dist
     from cion.pretrain.trainer import build_networks
 
-    cfg = PretrainConfig(arch="test_resnet", global_size=(32, 16), local_size=(16, 8), out_dim=64,
+    cfg = PretrainConfig(arch="resnet_micro", global_size=(32, 16), local_size=(16, 8), out_dim=64,
                          hidden_dim=32, bottleneck_dim=16, head_bn=True,
                          augment={"gray_p": 1.0, "jitter_p": 0.0, "blur_p": [0, 0, 0]})
     student, teacher, _ = build_networks(cfg, torch.device("cpu"), dist.init("cpu"))
@@ -140,15 +142,19 @@ def test_channels_last_forward_matches():
 
 def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
     from cion.pretrain import pretrain
-    from cion.pretrain.backbone import load_backbone
+    from cion.models.backbone import load_backbone
     from cion.pretrain.toydata import make_toy_manifest
 
     df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))
-    r = pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True), tmp_path / "run",
-                 progress=False)
+    with _forward_log() as seen:
+        r = pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True), tmp_path / "run",
+                     progress=False)
     assert r.steps == 2 and math.isfinite(r.last_loss)
+    linear = [dtype for kind, dtype, _ in seen if kind == "Linear"]
+    assert linear and all(d == torch.bfloat16 for d in linear)      # the matmuls ran in bf16
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision_used"] == "bf16"
     assert (tmp_path / "run" / "tensorboard").is_dir()
-    model = load_backbone("test_vit", r.backbone, (32, 16))
+    model = load_backbone("vit_micro", r.backbone, (32, 16))
     assert model(torch.randn(2, 3, 32, 16)).shape == (2, 64)
     with pytest.raises(CionError, match="different options"):
         pretrain(df, tiny_pretrain_cfg(precision="bf16", tensorboard=True, local_crops=3),
@@ -158,11 +164,52 @@ def test_bf16_run_and_resume_guard(tmp_path, tiny_pretrain_cfg):
                  progress=False)
 
 
+def test_channels_last_option_reaches_every_convolution(tmp_path, tiny_pretrain_cfg):
+    """``channels_last: true``: every convolution of the training step sees NHWC inputs (and
+    ``false``: none does)."""
+    from cion.pretrain import pretrain
+    from cion.pretrain.toydata import make_toy_manifest
+
+    df = make_toy_manifest(tmp_path / "data", identities=4, images_per_identity=4, size=(32, 16))
+    for flag in ("true", "false"):
+        with _forward_log() as seen:
+            pretrain(df, tiny_pretrain_cfg(arch="resnet_micro", channels_last=flag, max_steps=1),
+                     tmp_path / flag, progress=False)
+        conv = [nhwc for kind, _, nhwc in seen if kind == "Conv2d" and nhwc is not None]
+        assert len(conv) > 10
+        assert all(conv) if flag == "true" else not any(conv), flag
+        info = json.loads((tmp_path / flag / "config.json").read_text())
+        assert info["channels_last"] is (flag == "true")
+
+
+@contextlib.contextmanager
+def _forward_log():
+    """Record (module type, output dtype, whether a convolution's input is channels_last, None
+    where that is ambiguous) for every module forward under autograd (the training step, not evaluation)."""
+    seen = []
+
+    def hook(module, args, output):
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+            return
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        nhwc = None
+        if isinstance(module, torch.nn.Conv2d) and x is not None and x.ndim == 4 \
+                and x.shape[1] > 1 and min(x.shape[2:]) > 1:
+            nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        seen.append((type(module).__name__, output.dtype, nhwc))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from cion.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["pretrain", "--data", str(tmp_path / "missing.parquet"), "--arch", "test_vit",
+        main(["pretrain", "--data", str(tmp_path / "missing.parquet"), "--arch", "vit_micro",
               "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "missing.parquet" in err and "Traceback" not in err

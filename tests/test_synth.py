@@ -139,7 +139,22 @@ def test_tracks_turn_and_change_light_without_changing_anything_else():
             frame = rows[person]["frame"].to_numpy()[idx].astype(float)
             fit = np.polyval(np.polyfit(frame, np.log(red_over_blue), 1), frame)
             assert np.allclose(fit, np.log(red_over_blue), atol=1e-9)
+            assert np.allclose(np.polyval(np.polyfit(frame, detail, 1), frame), detail, atol=1e-9)
     assert turned > 0.3 * len(tracks)
+    # the ramps are there: with each one off the track would not change (a constant is linear)
+    ends = np.array([[shots_moving[idx[0]].detail, shots_moving[idx[-1]].detail,
+                      np.log(shots_moving[idx[0]].tint[0] / shots_moving[idx[0]].tint[2]),
+                      np.log(shots_moving[idx[-1]].tint[0] / shots_moving[idx[-1]].tint[2]),
+                      np.mean([shots_moving[i].brightness for i in idx])]
+                     for idx in tracks.values() if len(idx) >= 3])
+    detail_change, tint_change = np.abs(ends[:, 1] - ends[:, 0]), np.abs(ends[:, 3] - ends[:, 2])
+    assert detail_change.mean() > 0.08 and ends[:, :2].min() < 0.6      # 0.5 / 3 expected, 1 - 0.5
+    assert tint_change.mean() > 0.1 and np.abs(ends[:, 2:4]).max() > 0.2  # 0.6 / 3 expected
+    # per-shot jitter alone (x 0.92-1.08) moves a track's mean brightness by ~0.01; the ramp
+    # between two ends in [0.75, 1.25] spreads it by ~0.1
+    assert ends[:, 4].std() > 0.05, ends[:, 4].std()
+    still_light = np.array([s.brightness for s in shots_still])
+    assert ((still_light >= 0.92 - 1e-9) & (still_light <= 1.08 + 1e-9)).all()
 
 
 def test_benchmark_is_market_layout(tiny_world):
@@ -206,7 +221,14 @@ def test_cli_unwritable_out(tmp_path):
 
 
 def test_cli_help_lists_the_stages():
+    """Each stage is a registered command (not only a word in the help text) and is listed."""
+    import typer
+
+    from cion.cli import app
+
+    commands = typer.main.get_command(app).commands
     res = _cion("--help")
     assert res.returncode == 0
-    for stage in ("ingest", "extract", "denoise", "pretrain", "finetune", "evaluate", "zoo", "demo", "synth"):
-        assert stage in res.stdout
+    for stage in ("extract", "denoise", "pretrain", "finetune", "evaluate", "zoo", "demo", "synth"):
+        assert stage in commands, stage
+        assert f"  {stage} " in res.stdout, stage

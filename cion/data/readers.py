@@ -134,6 +134,21 @@ def _market_dir(root: Path, sub: str, keep_junk: bool) -> pd.DataFrame:
     return _manifest(root, path, ident, cam, video, frame)
 
 
+def read_market_folder(folder: str | os.PathLike, keep_junk: bool = False) -> pd.DataFrame:
+    """One Market-1501 folder (``query/``, ``bounding_box_test/``, ...) as a manifest, rows in
+    file-name order, paths relative to the folder's parent (``attrs['root']``), cameras 0-based.
+    Junk (id -1) is dropped unless ``keep_junk``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise _layout_error(folder, "expected a Market-1501 image folder (e.g. query/)",
+                            "Fix: point at the benchmark folder that holds query/ and "
+                            "bounding_box_test/")
+    df = _market_dir(folder.parent, folder.name, keep_junk)
+    if len(df) == 0:
+        raise _layout_error(folder, "expected Market-1501 images (e.g. 0002_c1s1_000451_03.jpg)")
+    return df
+
+
 def read_market1501(root: str | os.PathLike, keep_junk: bool = False) -> ReidDataset:
     """Market-1501 (or any dataset in its exact layout, e.g. the synthetic world's ``market/``).
 

@@ -1,5 +1,7 @@
 """Identity sampler: batches of identity groups (P identities x K images), the CION curriculum
-on K (images per identity, ``N_id``), disjoint per DDP rank, seeded and exactly resumable.
+on K (images per identity, the paper's ``N_id``, Sec. 4.1: 2, then 4, 6, 8 from epochs 40, 60,
+80 of 100), disjoint per DDP rank, seeded and exactly resumable. The K images of an identity
+in a batch form the identity set X of Eq. 9.
 
 An *epoch* is one pass over the images: every identity's images are shuffled and cut into
 chunks of K (an identity with fewer than K images gives one chunk drawn with replacement; a
@@ -43,7 +45,8 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def default_curriculum(epochs: int, ks=(2, 4, 6, 8), at=(0.0, 0.4, 0.6, 0.8)) -> list[list[int]]:
-    """CION's curriculum scaled to ``epochs``: K = 2, 4, 6, 8 from 0%, 40%, 60%, 80% of training.
+    """CION's N_id curriculum (paper Sec. 4.1) scaled to ``epochs``: K = 2, 4, 6, 8 from 0%, 40%,
+    60%, 80% of training.
 
     >>> default_curriculum(100)
     [[0, 2], [40, 4], [60, 6], [80, 8]]

@@ -1,4 +1,4 @@
-"""Multi-crop person augmentation for CION pre-training (SPEC section 4), fast.
+"""Multi-crop person augmentation for CION pre-training (paper Sec. 3.3 and 4.1; DINO's recipe), fast.
 
 Per image: 2 global views (default 256x128, RandomResizedCrop scale (0.8, 1.0)) and L local
 views (default 128x64, scale (0.05, 0.8)), all with aspect ratio w/h in (0.4, 0.6); horizontal
@@ -33,8 +33,7 @@ from PIL import Image
 
 from cion.errors import CionError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from cion.data.imagenet import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -53,7 +52,7 @@ class MultiCropConfig:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)   # global 1, global 2, locals
     blur_sigma: tuple[float, float] = (0.1, 2.0)          # pixels at 256x128
     solarize_p: float = 0.2                               # global 2 only
-    gain_p: float = 0.0          # white-balance jitter (off in SPEC's recipe): probability ...
+    gain_p: float = 0.0          # white-balance jitter (off in the paper's recipe): probability ...
     gain_jitter: float = 0.0     # ... and range: each channel x exp(U(-g, g))
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -82,10 +82,10 @@ def plot_pair_distances(table: dict, out: Path) -> Path:
 
 
 def _benchmark(world: Path):
-    from cion.pretrain.evaluate import read_market_split
+    from cion.evaluation.retrieval import market_split
 
-    q = read_market_split(world / "market" / "query")
-    g = read_market_split(world / "market" / "bounding_box_test")
+    q = market_split(world / "market" / "query")
+    g = market_split(world / "market" / "bounding_box_test")
     return q, g
 
 
@@ -93,7 +93,7 @@ def run_backbone(method: str, runs: list[dict], arch: str, size, seed: int):
     """The backbone of one demo run (``random``: the initialisation the trained runs start from)."""
     import torch
 
-    from cion.pretrain.backbone import build_backbone, load_backbone
+    from cion.models.backbone import build_backbone, load_backbone
 
     if method == "random":
         torch.manual_seed(seed)
@@ -117,7 +117,7 @@ def ranked_lists(qf, gf, q, g, out: Path, title: str, rows: int = 6, k: int = 8)
         order = np.flatnonzero(valid)[np.argsort(dist[row, valid], kind="stable")][:k]
         ranked.append(order)
         hits.append(gid[order] == qid[i])
-        labels.append(f"id {qid[i]} c{qcam[i]}")
+        labels.append(f"id {qid[i]} c{qcam[i] + 1}")       # cameras are 0-based; names say c1..
     return plot_ranked_lists([qp[i] for i in pick], gp, np.array(ranked), np.array(hits), labels,
                              out, title)
 
@@ -152,7 +152,7 @@ def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, a
     ``plan.seeds[0]``) to each row of ``table``."""
     from cion.denoise.figure import plot_levels
     from cion.evaluation.figures import plot_tsne
-    from cion.pretrain.evaluate import extract_features
+    from cion.evaluation.retrieval import embed_paths
 
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -167,8 +167,8 @@ def make_all(out: Path, world: Path, den: dict, runs: list[dict], table: dict, a
         if method not in table:
             continue
         model = run_backbone(method, runs, arch, size, seed)
-        qf = extract_features(model, q[0], size).numpy()
-        gf = extract_features(model, g[0], size).numpy()
+        qf = embed_paths(model, q[0], size).numpy()
+        gf = embed_paths(model, g[0], size).numpy()
         table[method]["same_camera_top1"] = same_camera_top1(qf, gf, q, g)
         feats = np.concatenate([qf, gf])
         ids = np.concatenate([q[1], g[1]])

@@ -42,19 +42,20 @@ def pretrain_and_evaluate(job: dict) -> dict:
 
     Returns ``{"method", "seed", "mAP", "rank1", "mINP", "seconds", "backbone", "losses",
     "steps"}`` (``losses``: (step, loss, teacher entropy) triples; ``backbone`` None for
-    ``random``), plus ``"finetuned": {"mAP", "rank1", "mINP", "seconds"}`` when fine-tuned."""
+    ``random``), for trained runs also ``"manifest"`` and ``"identities"`` (the labelling trained
+    on and its number of identities), plus ``"finetuned": {"mAP", "rank1", "mINP", "seconds"}`` when fine-tuned."""
     import numpy as np
     import pandas as pd
     import torch
 
     torch.set_num_threads(int(job.get("threads", 1)))
     from cion.pretrain import PretrainConfig, pretrain
-    from cion.pretrain.backbone import load_backbone
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.models.backbone import load_backbone
+    from cion.evaluation.retrieval import zero_shot_map
 
     method, seed = job["method"], int(job["seed"])
     if method == "random":
-        from cion.pretrain.backbone import build_backbone
+        from cion.models.backbone import build_backbone
 
         cfg = job["config"]
         size = tuple(cfg["global_size"])
@@ -89,6 +90,7 @@ def pretrain_and_evaluate(job: dict) -> dict:
     scores = zero_shot_map(model, job["market"], config.global_size)
     out = {"method": method, "seed": seed, **scores, "seconds": seconds,
            "backbone": str(result.backbone), "steps": result.steps, "epochs": config.epochs,
+           "manifest": job["manifest"], "identities": int(np.unique(labels).size),
            "losses": [(h["step"], h["loss"], h["teacher_entropy"]) for h in result.history]}
     return _usl(_finetune(out, model, job, config.global_size), result.backbone, job,
                 config.global_size)
@@ -137,7 +139,7 @@ def _finetune(out: dict, model, job: dict, size) -> dict:
     import torch
 
     from cion.finetune import SupervisedConfig, finetune_on_market
-    from cion.pretrain.evaluate import zero_shot_map
+    from cion.evaluation.retrieval import zero_shot_map
 
     torch.manual_seed(out["seed"])
     # lr 3e-3, not the strong baseline's 3.5e-4: the 0.2M-parameter demo backbone barely moves

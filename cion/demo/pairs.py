@@ -87,7 +87,7 @@ def measure(models, paths: list[str], pairs: dict, size, augment) -> dict[str, d
     """
     import torch
 
-    from cion.pretrain.evaluate import embed, image_tensor
+    from cion.evaluation.retrieval import embed, image_tensor
 
     rows = np.unique(np.concatenate([np.concatenate(p) for p in pairs.values()]))
     where = np.full(len(paths), -1, dtype=np.int64)

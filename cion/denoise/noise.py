@@ -2,8 +2,8 @@
 
 For spheres (identities) ``k = 1..M`` with centroid ``c_k`` (mean of the members):
 
-* ``n_cst_k = [r_k >= sigma_cst]`` with ``r_k = max_i d(x_i, c_k)`` (the test Eq. 4 uses);
-* ``n_drm_ij = [d(c_i, c_j) < sigma_drm]`` (the test Eq. 6-7 use to link);
+* Eq. 1: ``n_cst_k = [r_k >= sigma_cst]`` with ``r_k = max_i d(x_i, c_k)`` (the test Eq. 4 uses);
+* Eq. 2: ``n_drm_ij = [d(c_i, c_j) < sigma_drm]`` (the test Eq. 6-7 use to link);
 * ``n_S = (sum_k n_cst_k + sum_{i != j} n_drm_ij) / M`` - ordered pairs, so each close pair
   counts twice, as the double sum of Eq. 3 is written.
 

@@ -4,7 +4,7 @@
 >>> identity, status = denoise("features.npy", df["video"], df["tracklet"])
 
 Levels (any subset, always run in this order): ``tracklet`` (Eq. 4), ``video`` (Eq. 5-6),
-``cross`` (Eq. 7). The exact rules (ordering, ties, numbering) are those of SPEC.md section 3 and
+``cross`` (Eq. 7). The exact rules where the paper is silent (ordering, ties, numbering) are those
 of the literal transcription :mod:`cion.denoise.reference`, which the tests hold this fast
 implementation to. Features are read block by block from a memory map; memory is a few arrays of
 (tracklets x D) float64 plus blocks, never a full copy of the features.
@@ -200,7 +200,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             noise_stats: bool = True, noise_exact_limit: int = 4096, progress: bool = False,
             block_rows: int = 2048, threads: int | None = None, seed: int = 0,
             centre=None, whiten: int | None = None) -> DenoiseResult:
-    """Denoise tracklets into cross-video identities (paper Eq. 4-7, SPEC.md section 3).
+    """Denoise tracklets into cross-video identities (paper Sec. 3.2, Eq. 4-7).
 
     Args:
         features: (N, D) float16/32/64 array or ``.npy`` path (opened memory-mapped), one

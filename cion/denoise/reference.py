@@ -5,7 +5,7 @@ This is the specification in executable form: the fast, vectorised pipeline
 It is used by the tests and is kept readable rather than fast (O(M^2), loops everywhere); do not
 use it on more than a few thousand images.
 
-Rules (SPEC.md section 3, "exact rules where the paper is silent"):
+Rules where the paper (Sec. 3.2) is silent, fixed here:
 
 * features are L2-normalised in float64; a centroid is the plain mean of its members;
   ``d(x, c) = 1 - <x, c> / |c|`` and ``d(c_i, c_j) = 1 - cos(c_i, c_j)``, both 1.0 when a

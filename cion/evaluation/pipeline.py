@@ -9,7 +9,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cion.evaluation.rank import distance_chunks, evaluate_distance_chunks, prepare_features
+from cion.evaluation.rank import distance_chunks, evaluate_distance_chunks, prepare_query_gallery
+from cion.fileio import ensure_writable_dir
 
 #: Ranks reported in tables (CMC is written in full to the JSON).
 REPORT_RANKS = (1, 5, 10, 20)
@@ -88,11 +89,10 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
     from cion.data.readers import read_dataset
     from cion.extract import extract_features, load_model
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ds = read_dataset(dataset, root)
     echo(ds.describe())
     model = load_model(model_spec, checkpoint=checkpoint, img_size=img_size)
+    out_dir = ensure_writable_dir(out_dir)    # only once the inputs are valid: no stray folder
     t0 = time.perf_counter()
     kw = dict(batch_size=batch_size, flip=flip, dtype="float32", device=device, workers=workers,
               progress=progress)
@@ -104,7 +104,7 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
     nq, ng = len(qf), len(gf)
 
     t0 = time.perf_counter()
-    q, g = prepare_features(qf, gf, metric, device)
+    q, g = prepare_query_gallery(qf, gf, metric, device)
     top = _TopK(*labels)
     chunks = distance_chunks(q, g, metric)
     res = evaluate_distance_chunks(top(chunks), nq, ng, *labels, max_rank=max_rank, device=q.device)

@@ -1,6 +1,6 @@
 """ReID ranking metrics: mAP, mINP and multi-shot CMC, without sorting the gallery.
 
-Protocol (SPEC section 7, torchreid's ``eval_market1501``): for every query the gallery is ordered
+Protocol (Market-1501's, as torchreid's ``eval_market1501``; the paper's Sec. 4.1 metrics): for every query the gallery is ordered
 by distance, ties broken by gallery index (a stable sort); gallery items with the query's identity
 *and* camera are dropped, as are junk items (identity -1); identity 0 (Market distractors) stays as
 an ordinary negative; queries left without a positive are skipped. With the kept list:
@@ -272,14 +272,14 @@ def _chunk_rows(num_q: int, num_g: int, chunk_elements: int) -> int:
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict:
-    """mAP, mINP and CMC of a query x gallery distance matrix (SPEC section 7 protocol).
+    """mAP, mINP and CMC of a query x gallery distance matrix (the protocol of the module docstring).
 
     Args:
         distmat: (Q, G) distances, smaller = more similar; numpy array or torch tensor (CPU or
             CUDA; the work happens on its device). Any float dtype.
         q_pids, g_pids: (Q,), (G,) integer identities; gallery -1 = junk (ignored), 0 = distractor.
         q_camids, g_camids: (Q,), (G,) integer camera ids; -1 = unknown (a query with an unknown
-            camera keeps all gallery items of its identity; SPEC protocol otherwise).
+            camera keeps all gallery items of its identity; the Market protocol otherwise).
         max_rank: length of the CMC curve (cut to G if the gallery is smaller).
         chunk_elements: queries are processed in chunks of about this many matrix elements.
 
@@ -329,7 +329,7 @@ def distance_fn(metric: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     raise EvaluationError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
 
 
-def prepare_features(qf, gf, metric: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_query_gallery(qf, gf, metric: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features as float32 tensors on ``device`` (default: where ``qf`` is), normalised for cosine."""
     q = _as_features(qf, "query features", device)
     g = _as_features(gf, "gallery features", device if device is not None else q.device)
@@ -358,7 +358,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str
     Peak extra memory is about ``40 * chunk_elements`` bytes plus the features themselves.
     Returns the same dict as :func:`evaluate_rank`.
     """
-    q, g = prepare_features(qf, gf, metric, device)
+    q, g = prepare_query_gallery(qf, gf, metric, device)
     num_q, num_g = q.shape[0], g.shape[0]
     lab = _prepare_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, q.device)
     chunks = distance_chunks(q, g, metric, chunk_elements=chunk_elements)
@@ -407,7 +407,7 @@ def topk_gallery(qf, gf, k: int = 10, *, metric: str = "cosine", distmat=None,
     if distmat is not None:
         d = distmat if torch.is_tensor(distmat) else torch.from_numpy(np.asarray(distmat))
     else:
-        q, g = prepare_features(qf, gf, metric, device)
+        q, g = prepare_query_gallery(qf, gf, metric, device)
         d = distance_fn(metric)(q, g)
     k = min(k, d.shape[1])
     vals, idx = torch.sort(d, dim=1, stable=True)

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from cion.evaluation.rank import EvaluationError, distance_fn, prepare_features
+from cion.evaluation.rank import EvaluationError, distance_fn, prepare_query_gallery
 
 #: Rows of the (rows, N) distance block held at once in pass 1.
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
@@ -265,7 +265,7 @@ def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
             to :func:`cion.evaluation.evaluate_distance_chunks`); else the (Q, G) float32 array.
         block_elements / pair_budget: memory knobs of the distance pass and the Jaccard pass.
     """
-    q, g = prepare_features(qf, gf, metric, device)
+    q, g = prepare_query_gallery(qf, gf, metric, device)
     src = _FeatureSource(torch.cat([q, g], 0), metric)
     it = _rerank_stream(src, q.shape[0], k1, k2, lambda_value, block_elements, pair_budget, progress)
     if stream:

@@ -1,10 +1,10 @@
-"""The BNNeck model of the supervised baseline (SPEC section 6): backbone -> feature f (B, D)
+"""The BNNeck model of the supervised baseline (paper Sec. 4.1; docs/finetuning.md): backbone -> feature f (B, D)
 -> BatchNorm1d "neck" (bias frozen at 0) -> bias-free linear classifier (B, C).
 
 Training returns ``(f, logits)``: the triplet loss uses ``f`` (before the neck), the ID loss the
-logits (after it). Evaluation returns ``f`` only: the SPEC tests on the feature before the BN
+logits (after it). Evaluation returns ``f`` only: the paper tests on the feature before the BN
 neck, so ``BNNeckModel`` in eval mode is a drop-in backbone for
-:func:`cion.pretrain.evaluate.zero_shot_map`.
+:func:`cion.evaluation.retrieval.zero_shot_map`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class BNNeckModel(nn.Module):
 
     Args:
         backbone: any module mapping (B, 3, H, W) images to (B, D) features, with an attribute
-            ``feature_dim`` (D), like :func:`cion.pretrain.backbone.build_backbone`'s models.
+            ``feature_dim`` (D), like :func:`cion.models.backbone.build_backbone`'s models.
         num_classes: C, the number of training identities.
     """
 

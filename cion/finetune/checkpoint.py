@@ -20,7 +20,8 @@ import torch
 
 from cion.errors import CionError
 from cion.fileio import atomic_write
-from cion.pretrain.checkpoint import rng_state, save_backbone, set_rng_state  # noqa: F401
+from cion.models.checkpoint import save_backbone  # noqa: F401  (re-exported for the trainer)
+from cion.pretrain.checkpoint import rng_state, set_rng_state  # noqa: F401
 
 FORMAT = "cion-finetune-1"
 

@@ -3,7 +3,7 @@ exponent, initial 3) -> BatchNorm1d with a frozen zero bias -> L2 normalisation,
 in evaluation alike.
 
 CNN backbones that expose ``forward_features`` returning a (B, C, h, w) map (the zoo's ResNets,
-already at last stride 1, and ``test_resnet``) are pooled by GeM; other backbones (ViTs) keep
+already at last stride 1, and ``resnet_micro``) are pooled by GeM; other backbones (ViTs) keep
 their own pooled (B, D) output.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Losses of the supervised BNNeck baseline (SPEC section 6): batch-hard triplet and
+"""Losses of the supervised BNNeck baseline (paper Sec. 4.1; docs/finetuning.md): batch-hard triplet and
 label-smoothed cross-entropy.
 
 The triplet loss works on the features *before* the BN neck, the cross-entropy on the logits of

@@ -17,7 +17,7 @@ authors ran:
   L2-normalised.
 
 Works for the ResNet / ResNet-IBN backbones of the ReIDZoo (:func:`mgn_archs`) and the tiny
-``test_resnet`` (channels 64 -> heads of 8, test feature 64).
+``resnet_micro`` (channels 64 -> heads of 8, test feature 64).
 """
 from __future__ import annotations
 
@@ -40,17 +40,19 @@ LABEL_SMOOTHING = 0.1
 
 
 def mgn_archs() -> list[str]:
-    """Archs MGN can be built on: the zoo's ResNet / ResNet-IBN family and ``test_resnet``."""
+    """Archs MGN can be built on: the zoo's ResNet / ResNet-IBN family and ``resnet_micro``."""
     from cion.models import list_models
     from cion.models.registry import get_entry
 
-    zoo = [n for n in list_models() if get_entry(n).family in ("resnet", "resnet_ibn")]
-    return zoo + ["test_resnet"]
+    return [n for n in list_models(include_micro=True)
+            if get_entry(n).family in ("resnet", "resnet_ibn")]
 
 
 def mgn_supported(arch: str) -> bool:
-    """Whether ``arch`` is in :func:`mgn_archs`."""
-    return arch in mgn_archs()
+    """Whether ``arch`` (or its old alias, e.g. ``test_resnet``) is in :func:`mgn_archs`."""
+    from cion.models.registry import canonical_name
+
+    return canonical_name(arch) in mgn_archs()
 
 
 class GeM(nn.Module):
@@ -180,7 +182,7 @@ class MGN(nn.Module):
             if not mgn_supported(backbone):
                 raise CionError(f"MGN does not fit arch '{backbone}'. MGN fits: "
                                 f"{', '.join(mgn_archs())}")
-            from cion.pretrain.backbone import build_backbone
+            from cion.models.backbone import build_backbone
             backbone = build_backbone(backbone, img_size)
         _check_resnet(backbone)
         if num_classes < 2:

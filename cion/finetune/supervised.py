@@ -1,5 +1,5 @@
-"""Supervised fine-tuning, the "BNNeck baseline" (TransReID / strong-baseline style, SPEC
-section 6): backbone + BN neck, ID loss (label-smoothed cross-entropy on the logits after the
+"""Supervised fine-tuning, the "BNNeck baseline" (TransReID / strong-baseline style, paper Sec. 4.1;
+docs/finetuning.md): backbone + BN neck, ID loss (label-smoothed cross-entropy on the logits after the
 neck) + batch-hard triplet loss (on the features before the neck), P x K identity batches,
 flip / pad-crop / random-erasing augmentation, linear warm-up then cosine decay of the learning
 rate to 1 % of its peak.

@@ -48,21 +48,14 @@ REPORT = "finetune.json"
 
 # ---- inputs ------------------------------------------------------------------------------------
 def check_arch(arch: str) -> None:
-    from cion.pretrain.backbone import TEST_ARCHS
+    """A registered model (one of the 32, a micro model or an old alias); else a one-line error
+    naming close names."""
+    from cion.models.registry import get_entry
 
     try:
-        from cion.models import list_models
-        zoo = list_models()
-    except ImportError:  # pragma: no cover - the zoo ships with cion
-        zoo = []
-    if arch in TEST_ARCHS or arch in zoo:
-        return
-    import difflib
-
-    close = difflib.get_close_matches(arch, list(TEST_ARCHS) + list(zoo), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise CionError(f"unknown --arch '{arch}'.{hint} Use a ReIDZoo name (`cion zoo list`) or "
-                    f"one of the test models {', '.join(TEST_ARCHS)}")
+        get_entry(arch)
+    except CionError as err:
+        raise CionError(f"--arch: {err}") from None
 
 
 def check_mode(cfg: FinetuneConfig, checkpoint, source_checkpoint) -> None:
@@ -241,7 +234,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
     """
     from cion.data.readers import read_dataset
     from cion.fileio import atomic_write, ensure_writable_dir
-    from cion.pretrain.backbone import build_backbone, is_cnn, load_backbone
+    from cion.models.backbone import build_backbone, is_cnn, load_backbone
 
     t_start = time.perf_counter()
     cfg = cfg.check()

@@ -1,4 +1,4 @@
-"""Training augmentation of the supervised baseline (SPEC section 6), on whole batches.
+"""Training augmentation of the supervised baseline (paper Sec. 4.1; docs/finetuning.md), on whole batches.
 
 Input: uint8 images already resized to (H, W), shape (B, H, W, 3) (decoded once by
 :func:`decode_images`). Steps, in the TransReID / strong-baseline order:
@@ -8,7 +8,7 @@ Input: uint8 images already resized to (H, W), shape (B, H, W, 3) (decoded once 
    ``round(10 * H / 256)``) and a random (H, W) crop of the padded image (the padding is black
    before normalisation, like torchvision's ``Pad`` on a PIL image);
 3. ImageNet normalisation, ``(x / 255 - mean) / std``, exactly as
-   :func:`cion.pretrain.evaluate.extract_features`;
+   :func:`cion.evaluation.retrieval.embed_paths`;
 4. random erasing with probability ``erasing_p`` (0.5) of one rectangle of area
    U(0.02, 0.4) x H x W and aspect ratio h/w log-uniform in (0.3, 3.33) (up to 10 tries for a
    rectangle that fits, else the image is kept), filled with ``erasing_fill``: ``"random"``

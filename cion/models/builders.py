@@ -126,3 +126,25 @@ def build_repvit(timm_name: str, img_size, **kw) -> nn.Module:
 def build_plain(timm_name: str, img_size, **kw) -> nn.Module:
     """Any timm model as is (GhostNet, EdgeNeXt, FastViT, ConvNeXt)."""
     return _timm(timm_name, **kw)
+
+
+def build_resnet_micro(timm_name: str, img_size, **kw) -> nn.Module:
+    """``resnet_micro``: a BatchNorm ResNet of 4 stages of one basic block (widths 16/32/64/64,
+    stem 16), 64-d features, ~0.2M parameters; residual branches not zero-initialised (see
+    :func:`build_resnet`). Not a ReIDZoo model: unit tests and the CPU demo."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    kw.setdefault("zero_init_last", False)
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=0, channels=(16, 32, 64, 64),
+                  stem_width=16, **kw)
+
+
+def build_vit_micro(timm_name: str, img_size, **kw) -> nn.Module:
+    """``vit_micro``: a LayerNorm ViT of 2 blocks of width 64 (2 heads), patch 8, built for
+    ``img_size`` and accepting other sizes (``dynamic_img_size``), 64-d CLS features. Not a
+    ReIDZoo model: unit tests."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    kw.setdefault("dynamic_img_size", True)
+    return VisionTransformer(img_size=tuple(img_size), patch_size=8, embed_dim=64, depth=2,
+                             num_heads=2, num_classes=0, **kw)

@@ -36,7 +36,7 @@ from torch import nn
 from cion.errors import CionError
 from cion.fileio import atomic_write
 from cion.models.convert import DERIVED_BUFFER_SUFFIXES, official_to_ours
-from cion.models.registry import get_entry
+from cion.models.registry import canonical_name, get_entry
 
 PathLike = Union[str, os.PathLike]
 ALLOWED_GLOBALS = (argparse.Namespace,)
@@ -251,22 +251,25 @@ def load_official_checkpoint(model: nn.Module, path: PathLike, arch: str, which:
     return LoadReport(str(path), arch, "authors' pth", prefix, loaded, verified, ignored, meta)
 
 
-def save_backbone(model: nn.Module, path: PathLike, arch: Optional[str] = None,
-                  extra_metadata: Optional[dict] = None) -> Path:
-    """Write ``model.state_dict()`` as a safetensors backbone file (atomically) and return its path.
+def save_backbone(model: nn.Module, path: PathLike, metadata: Optional[dict] = None) -> Path:
+    """Write ``model.state_dict()`` as a safetensors backbone file (atomically); return its path.
 
-    Metadata: ``format``, ``arch``, ``feature_dim``, ``reparameterized`` plus ``extra_metadata``
-    (values stored as strings).
+    The one writer of backbone files (pre-training's teacher, fine-tuning, ``cion zoo convert``).
+    Metadata: ``format``, ``arch`` (``metadata['arch']``, else the ``zoo_name`` that
+    :func:`cion.models.create_model` set), ``feature_dim``, ``reparameterized``, then every entry
+    of ``metadata`` (strings as they are, other values as JSON).
     """
     from safetensors.torch import save_file
 
-    arch = arch or getattr(model, "zoo_name", None)
+    metadata = dict(metadata or {})
+    arch = metadata.pop("arch", None) or getattr(model, "zoo_name", None)
     if arch is None:
-        raise ValueError("save_backbone needs arch= for a model not made by create_model")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": BACKBONE_FORMAT, "arch": arch, "feature_dim": str(get_entry(arch).feature_dim),
+        raise ValueError("save_backbone needs metadata={'arch': ...} for a model not made by create_model")
+    dim = getattr(model, "feature_dim", None) or get_entry(arch).feature_dim
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": BACKBONE_FORMAT, "arch": str(arch), "feature_dim": str(int(dim)),
             "reparameterized": str(bool(getattr(model, "reparameterized", False))).lower()}
-    meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
+    meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -292,7 +295,7 @@ def load_backbone_file(model: nn.Module, path: PathLike, arch: str) -> LoadRepor
     """Load our safetensors backbone file into ``model`` (strict, names must be ours)."""
     tensors, meta = read_backbone_file(path)
     file_arch = meta.get("arch")
-    if file_arch is not None and file_arch != arch:
+    if file_arch is not None and canonical_name(file_arch) != canonical_name(arch):
         raise CionError(f"{path} holds a '{file_arch}' backbone, not '{arch}'; "
                         f"use create_model('{file_arch}', checkpoint=...)")
     if meta.get("reparameterized") == "true" and not getattr(model, "reparameterized", False):
@@ -317,14 +320,3 @@ def _looks_like_safetensors(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(9)
     return len(head) == 9 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{"
-
-
-def convert_official(src: PathLike, arch: str, out: PathLike, which: str = "teacher") -> LoadReport:
-    """Authors' ``.pth`` -> our ``.safetensors`` backbone file (strictly checked on the way)."""
-    from cion.models.registry import create_model
-
-    model = create_model(arch)
-    report = load_official_checkpoint(model, src, arch, which)
-    save_backbone(model, out, arch, {"source": Path(src).name, "source_entry": which,
-                                     "source_epoch": report.meta.get("epoch")})
-    return report

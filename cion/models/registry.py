@@ -1,15 +1,21 @@
-"""The ReIDZoo registry: 32 backbones of 10 families, their metadata and ``create_model``.
+"""The ReIDZoo registry: names and metadata of the 32 backbones (10 families) and of the two
+micro models (``resnet_micro``, ``vit_micro``: not part of the 32; unit tests and the demo).
 
-Every model maps float images (B, 3, H, W) to features (B, D). ``D`` is ``model.feature_dim``. Models are built for 256x128 (height x width) and also accept
-128x64 local crops (CNNs accept any size; ViT/VOLO resample their position embeddings; Swin pads
-to whole windows). CNNs accept ``channels_last`` inputs.
+This module only describes models; :mod:`cion.models.factory` builds them (``create_model``)
+and :mod:`cion.models.checkpoint` reads and writes their weights. Dependencies run one way:
+registry <- checkpoint <- factory (timm's ``_registry`` / ``_helpers`` / ``_factory``).
+
+Every model maps float images (B, 3, H, W) to features (B, D). ``D`` is ``model.feature_dim``.
+Models are built for 256x128 (height x width) and also accept 128x64 local crops (CNNs accept
+any size; ViT/VOLO resample their position embeddings; Swin pads to whole windows). CNNs accept
+``channels_last`` inputs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
-# SPEC section 4: the only per-model pre-training setting the paper states.
+# Sec. 4.1 / appendix A.5 of the paper: the only per-model pre-training setting it states.
 _PAPER_RECIPE = {"resnet50_ibn": 120}
 _STRUCTURES = {
     "resnet": "timm ResNet with last stride 1 (authors' ResNet: identical keys)",
@@ -23,6 +29,7 @@ _STRUCTURES = {
     "volo": "timm VOLO built at 256x128 (pos_embed 16x8, resampled for other sizes)",
     "vit": "authors' ICS ViT: timm ViT + convolutional IBN stem (patch_embed.conv, 8x8 proj)",
     "swin": "authors' Swin: timm Swin with window 8, always_partition; layers.i.downsample/norm3 renamed on load",
+    "micro": "not a ReIDZoo model: a tiny timm network for unit tests and the CPU demo",
 }
 
 
@@ -30,10 +37,13 @@ _STRUCTURES = {
 class ZooEntry:
     """Static description of one ReIDZoo backbone.
 
-    ``spec_params_m``: parameters in millions as SPEC section 5 lists them (for ViT this includes the
-    1000-class ``fc`` of the standalone model, which checkpoints do not contain).
+    ``paper_params_m``: parameters in millions as the paper's Tab. 3 lists them (for ViT this
+    includes the 1000-class ``fc`` of the standalone model, which checkpoints do not contain).
     ``official_params``: backbone parameters of the authors' model (reference layouts).
-    ``mAP``: the authors' TransReID-finetuned (Market-1501, MSMT17) mAP at 256x128, in percent.
+    ``mAP``: the authors' TransReID-finetuned (Market-1501, MSMT17) mAP at 256x128, in percent
+    (paper Tab. 3); None for the micro models.
+    ``micro``: True for the micro models, which are registered beside the zoo but are not
+    among its 32 (``list_models(include_micro=True)``).
     """
 
     name: str
@@ -42,11 +52,12 @@ class ZooEntry:
     builder: str
     feature_dim: int
     official_params: int
-    spec_params_m: Optional[float]
-    mAP: tuple[float, float]
+    paper_params_m: Optional[float]
+    mAP: Optional[tuple[float, float]]
     teacher_prefix: str
     reparameterizable: bool = False
     builder_kwargs: dict = field(default_factory=dict)
+    micro: bool = False
 
     @property
     def is_cnn(self) -> bool:
@@ -54,12 +65,13 @@ class ZooEntry:
 
     @property
     def structure(self) -> str:
-        return _STRUCTURES[self.family]
+        return _STRUCTURES["micro" if self.micro else self.family]
 
     @property
     def vit_classifier_params(self) -> int:
-        """Parameters of the standalone ViT's unused 1000-class ``fc`` (counted in SPEC, absent here)."""
-        return self.feature_dim * 1000 + 1000 if self.family == "vit" else 0
+        """Parameters of the standalone ViT's unused 1000-class ``fc`` (counted in the paper's
+        Tab. 3, absent here)."""
+        return self.feature_dim * 1000 + 1000 if self.family == "vit" and not self.micro else 0
 
 
 def _e(name, family, timm_name, builder, dim, params, spec, mAP, prefix, **extra):
@@ -114,50 +126,70 @@ _ENTRIES = [
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 FAMILIES = tuple(dict.fromkeys(e.family for e in _ENTRIES))
 
+#: The micro models: registered beside the zoo, not part of its 32. ``resnet_micro``: a
+#: BatchNorm ResNet, 4 stages of one basic block (widths 16/32/64/64), 0.2M parameters;
+#: ``vit_micro``: a LayerNorm ViT, 2 blocks of width 64, patch 8 (0.15M at 256x128). Both give
+#: 64-d features. Parameters as built at 256x128.
+MICRO: dict[str, ZooEntry] = {e.name: e for e in (
+    ZooEntry("resnet_micro", "resnet", "resnet_micro", "micro_resnet", 64, 172640, None, None, _M, micro=True),
+    ZooEntry("vit_micro", "vit", "vit_micro", "micro_vit", 64, 145344, None, None, _M, micro=True),
+)}
+#: Old names that still resolve (the micro models were ``test_resnet`` / ``test_vit``).
+ALIASES = {"test_resnet": "resnet_micro", "test_vit": "vit_micro"}
 
-def list_models(family: Optional[str] = None) -> list[str]:
-    """The 32 ReIDZoo names in SPEC order, optionally only one family (e.g. ``'vit'``)."""
+
+def list_models(family: Optional[str] = None, include_micro: bool = False) -> list[str]:
+    """The 32 ReIDZoo names in the paper's Tab. 3 order, optionally only one family (e.g.
+    ``'vit'``); ``include_micro`` appends the micro models (not part of the zoo)."""
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown family '{family}'; known: {', '.join(FAMILIES)}")
-    return [e.name for e in _ENTRIES if family is None or e.family == family]
+    entries = _ENTRIES + (list(MICRO.values()) if include_micro else [])
+    return [e.name for e in entries if family is None or e.family == family]
+
+
+def canonical_name(name: str) -> str:
+    """``name`` with an old alias (``test_resnet``, ``test_vit``) replaced by its model's name."""
+    return ALIASES.get(name, name)
 
 
 def get_entry(name: str) -> ZooEntry:
-    """The registry entry of ``name``; a clear error listing close names when unknown."""
+    """The registry entry of ``name`` (a zoo model, a micro model or an alias); a clear error
+    listing close names when unknown."""
     from cion.errors import CionError
 
-    try:
-        return ZOO[name]
-    except KeyError:
+    name = canonical_name(name)
+    entry = ZOO.get(name) or MICRO.get(name)
+    if entry is None:
         import difflib
 
-        close = difflib.get_close_matches(name, ZOO, n=3)
+        close = difflib.get_close_matches(name, list(ZOO) + list(MICRO) + list(ALIASES), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise CionError(f"unknown ReIDZoo model '{name}'.{hint} See `cion zoo list`.") from None
+        raise CionError(f"unknown ReIDZoo model '{name}'.{hint} See `cion zoo list --all`.")
+    return entry
 
 
 def default_recipe(name: str) -> dict:
-    """Pre-training recipe hint: crops per image and batch size per GPU where SPEC/the paper states one.
+    """Pre-training recipe hint: crops per image and batch size per GPU where the paper states one.
 
-    SPEC section 4: 2 global crops at 256x128, local crops at 128x64, 100 epochs, N_id curriculum
-    2/4/6/8; the paper's only per-model figure is ResNet50-IBN at 120 images per V100 with 8 local
-    crops. ``batch_size_per_gpu`` is None where nothing is stated (choose by GPU memory).
+    Paper Sec. 4.1: 2 global crops at 256x128, local crops at 128x64, 100 epochs, N_id
+    curriculum 2/4/6/8 (at epochs 0/40/60/80); its only per-model figure is ResNet50-IBN at 120
+    images per V100 with 8 local crops. ``batch_size_per_gpu`` is None where nothing is stated
+    (choose by GPU memory).
     """
-    get_entry(name)
-    batch = _PAPER_RECIPE.get(name)
+    batch = _PAPER_RECIPE.get(get_entry(name).name)
     return {
         "global_crops": 2, "global_size": (256, 128), "local_crops": 8, "local_size": (128, 64),
         "epochs": 100, "ids_per_image_curriculum": {0: 2, 40: 4, 60: 6, 80: 8},
         "batch_size_per_gpu": batch,
-        "source": "paper (8x V100)" if batch else "SPEC defaults; batch size not stated for this model",
+        "source": "paper (8x V100)" if batch else "paper Sec. 4.1 defaults; batch size not stated for this model",
     }
 
 
 def model_info(name: str) -> dict:
     """Metadata of one model: family, timm base, structure used, widths, parameters, recipe, mAP.
 
-    Keys: ``name, family, timm_name, structure, feature_dim, params, params_spec_m, teacher_prefix,
-    reparameterizable, channels_last, input_size, local_input_size, reported_mAP, recipe``.
+    Keys: ``name, family, timm_name, structure, feature_dim, params, params_paper_m, teacher_prefix,
+    reparameterizable, channels_last, input_size, local_input_size, reported_mAP, recipe, micro``.
     ``params`` counts backbone parameters (no classifier, buffers excluded); it equals the authors'
     backbone count.
     """
@@ -169,59 +201,13 @@ def model_info(name: str) -> dict:
         "structure": e.structure,
         "feature_dim": e.feature_dim,
         "params": e.official_params,
-        "params_spec_m": e.spec_params_m,
+        "params_paper_m": e.paper_params_m,
         "teacher_prefix": e.teacher_prefix,
         "reparameterizable": e.reparameterizable,
         "channels_last": e.is_cnn,
         "input_size": (256, 128),
         "local_input_size": (128, 64),
-        "reported_mAP": {"market1501": e.mAP[0], "msmt17": e.mAP[1]},
+        "reported_mAP": {"market1501": e.mAP[0], "msmt17": e.mAP[1]} if e.mAP else None,
         "recipe": default_recipe(name),
+        "micro": e.micro,
     }
-
-
-_BUILDERS: dict[str, Callable] = {}
-
-
-def _builders() -> dict[str, Callable]:
-    if not _BUILDERS:
-        from cion.models import builders
-
-        _BUILDERS.update(resnet=builders.build_resnet, vit=builders.build_vit_ics, swin=builders.build_swin,
-                         volo=builders.build_volo, repvit=builders.build_repvit, plain=builders.build_plain)
-    return _BUILDERS
-
-
-def create_model(name: str, checkpoint=None, img_size=(256, 128), **kw):
-    """Build ReIDZoo backbone ``name``: (B, 3, H, W) images -> (B, feature_dim) features.
-
-    Args:
-        name: one of :func:`list_models`.
-        checkpoint: optional path to our ``.safetensors`` backbone file or to the authors' released
-            ``.pth`` pre-training checkpoint (its ``teacher`` backbone is loaded). Loading is strict.
-        img_size: (height, width) the transformer position embeddings / windows are built for;
-            other sizes (e.g. 128x64 local crops) also work. Ignored by CNNs.
-        **kw: passed to timm (e.g. ``drop_path_rate=0.1``).
-
-    The model has ``feature_dim`` (the output width D) and ``zoo_name`` attributes, and after a
-    checkpoint load ``checkpoint_report`` (:class:`cion.models.checkpoint.LoadReport`) (timm's
-    ``num_features`` is the pre-pooling width, which differs for GhostNet: 480..1248 vs 1280). It is returned
-    in train mode, like any freshly built torch module; call ``.eval()`` for inference.
-    """
-    entry = get_entry(name)
-    if kw.get("num_classes", 0):
-        from cion.errors import CionError
-
-        raise CionError("create_model builds feature backbones (num_classes=0); put a classifier or BNNeck on top")
-    model = _builders()[entry.builder](entry.timm_name, tuple(img_size), **entry.builder_kwargs, **kw)
-    # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (GhostNet, FastViT)
-    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", entry.feature_dim)
-    if width != entry.feature_dim:
-        raise RuntimeError(f"{name}: built width {width} != registry {entry.feature_dim}")
-    model.feature_dim = entry.feature_dim
-    model.zoo_name = name
-    if checkpoint is not None:
-        from cion.models.checkpoint import load_checkpoint
-
-        model.checkpoint_report = load_checkpoint(model, checkpoint, name)
-    return model

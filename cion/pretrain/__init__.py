@@ -1,4 +1,4 @@
-"""Identity-guided self-distillation pre-training (CION, SPEC section 4).
+"""Identity-guided self-distillation pre-training (CION, paper Sec. 3.3, Eq. 8-9).
 
     from cion.pretrain import PretrainConfig, pretrain
     result = pretrain(manifest_or_df, PretrainConfig(arch="resnet18", epochs=10), "runs/r18")

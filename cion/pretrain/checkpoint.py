@@ -1,10 +1,10 @@
-"""Training checkpoints (exact resume) and the exported teacher backbone.
+"""Training state for exact resume (``checkpoint.pt``) and the RNG states it carries.
 
 ``checkpoint.pt`` holds only tensors and plain Python containers, written by ``torch.save``
 and read back with ``torch.load(weights_only=True)`` (no pickled classes, no argparse
 Namespace). It is written atomically (temporary file + rename), so a run killed while
-writing keeps its previous checkpoint. ``backbone.safetensors`` is the teacher backbone's
-state dict with the backbone's own keys.
+writing keeps its previous checkpoint. The exported teacher backbone (``backbone.safetensors``)
+is written by :func:`cion.models.checkpoint.save_backbone`, the one writer of backbone files.
 """
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from cion.fileio import atomic_write
 FORMAT = "cion-pretrain-1"
 
 
-def save_checkpoint(state: dict, path: str | Path) -> Path:
+def save_training_state(state: dict, path: str | Path) -> Path:
+    """Write the training ``state`` (tensors and plain containers) to ``path`` atomically."""
     state = dict(state, format=FORMAT)
     return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_training_state(path: str | Path) -> dict:
+    """Read a ``checkpoint.pt`` written by :func:`save_training_state` (weights_only, no code run)."""
     from cion.errors import CionError
 
     try:
@@ -35,14 +37,6 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CionError(f"{path}: not a cion pre-training checkpoint. Fix: use another --out")
     return state
-
-
-def save_backbone(backbone: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def rng_state() -> dict:

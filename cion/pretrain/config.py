@@ -43,7 +43,7 @@ class PretrainConfig:
     bottleneck_dim: int = 256
     norm_last_layer: bool = True
     head_bn: bool = False                 # BatchNorm1d in the head's MLP (DINO's use_bn_in_head)
-    # optimisation (DINO defaults, SPEC section 4)
+    # optimisation (DINO defaults, as paper Sec. 4.1 prescribes)
     base_lr: float = 5e-4                 # per 256 images
     min_lr: float = 1e-6
     warmup_epochs: float = 10

@@ -1,4 +1,5 @@
-"""Identity-guided self-distillation loss (CION Eq. 9), vectorised over identity groups.
+"""Identity-guided self-distillation loss (CION Eq. 8-9, paper Sec. 3.3), vectorised over
+identity groups; :mod:`cion.pretrain.reference` holds the literal loops it is tested against.
 
 Notation for one (local) batch of B images, each with V views (``n_global`` = 2 global views
 first, then L local views; V = 2 + L), and identity labels ``y`` (B,):
@@ -136,6 +137,8 @@ class IdentityDINOLoss(nn.Module):
         from cion import distributed as dist
 
         batch = labels.numel()
+        # Eq. 8: P_S = softmax(f_S / tau_s) (as log-probabilities); P_T likewise with tau_t,
+        # after DINO's centring (or Sinkhorn-Knopp)
         student_logp = F.log_softmax(student_out.float() / self.student_temp, dim=-1)
         student_logp = student_logp.view(-1, batch, student_logp.shape[-1])
         teacher_logits = teacher_out.detach().float()

@@ -33,8 +33,9 @@ from torch import nn
 
 from cion import distributed as dist
 from cion.errors import CionError
-from cion.pretrain.backbone import build_backbone, feature_width, is_cnn
-from cion.pretrain.checkpoint import (load_checkpoint, rng_state, save_backbone, save_checkpoint,
+from cion.models.backbone import build_backbone, feature_width, is_cnn
+from cion.models.checkpoint import save_backbone
+from cion.pretrain.checkpoint import (load_training_state, rng_state, save_training_state,
                                       set_rng_state)
 from cion.pretrain.config import PretrainConfig
 from cion.pretrain.head import DINOHead, MultiCropNet
@@ -240,7 +241,7 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     ckpt_path = out / "checkpoint.pt"
 
     # -- resume? --
-    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    state = load_training_state(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
         saved = PretrainConfig.from_dict(state["config"], str(ckpt_path))
         diff = cfg.differences(saved)
@@ -312,7 +313,7 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     def checkpoint(next_epoch: int, next_step: int) -> None:
         rngs = dist.all_gather_object(rng_state())
         if info.is_main:
-            save_checkpoint({
+            save_training_state({
                 "config": cfg.to_dict(), "global_step": global_step, "world_size": info.world_size,
                 "sampler": dict(sampler.state_dict(), epoch=next_epoch, step=next_step),
                 "student": student.state_dict(), "teacher": teacher.state_dict(),

@@ -231,20 +231,54 @@ def _split_track(rng, n_frames: int, fragment: bool) -> list[tuple[int, int]]:
 
 
 def plan_pretrain(world: World, rng: np.random.Generator, first_look: int) -> None:
-    """Fill ``world.pretrain_rows`` / ``pretrain_shots`` for output A."""
+    """Fill ``world.pretrain_rows`` / ``pretrain_shots`` / ``stats['pretrain']`` for output A:
+    who is in which video, their walking tracks cut into tracklets, then the tracking noise."""
     cfg = world.config
     V, C = cfg.videos, cfg.cameras
-    motion = np.random.default_rng([cfg.seed, 7])   # turns and light: their own stream
     video_cam = rng.permutation(np.arange(V) % C)
     members = _assign_videos(rng, cfg, video_cam)
     n_apps = sum(len(m) for m in members)
     fragmented = set(rng.choice(n_apps, size=int(round(cfg.fragment_rate * n_apps)), replace=False).tolist())
+    tracklets, views_in_video = _plan_tracklets(world, rng, first_look, video_cam, members, fragmented)
+    tracks = _Tracklets.of(tracklets)
+    n_rows = sum(len(s) for s in tracks.shots)
+    budget_switch = int(round(cfg.switch_rate * n_rows))
+    budget_fd = int(round(cfg.false_detection_rate * n_rows))
+    left = (_inject_noise(world, rng, tracks, members, views_in_video, budget_switch, "switch")
+            + _inject_noise(world, rng, tracks, members, views_in_video, budget_fd, "false_detection"))
+    if left:
+        raise CionError("the requested noise rates do not fit in the tracklets "
+                        "(noise never takes half a tracklet): lower --switch-rate / "
+                        "--false-detection-rate or raise the frames per appearance")
+    world.pretrain_rows = _manifest_rows(tracks, video_cam)
+    for shots in tracks.shots:
+        world.pretrain_shots += shots
+    world.stats["pretrain"] = {
+        "images": n_rows, "tracklets": len(tracklets), "videos": V, "identities": cfg.identities,
+        "appearances": n_apps, "fragmented_appearances": len(fragmented),
+        "extra_tracklets_from_fragmentation": len(tracklets) - n_apps,
+        "switch_rows": budget_switch, "false_detection_rows": budget_fd,
+        "cross_video_identities": int(sum(1 for i in range(cfg.identities)
+                                          if sum(i in m for m in members) > 1)),
+    }
 
-    tracklets = []  # (video, [(frame, shot, light), ...], main identity)
+
+def _plan_tracklets(world: World, rng: np.random.Generator, first_look: int, video_cam: np.ndarray,
+                    members: list[list[int]], fragmented: set[int]):
+    """Every appearance of a person in a video is one walking track (turns and light from
+    their own random stream, see :func:`_walk`), cut into tracklets (fragmentation).
+
+    Returns ``(tracklets, views_in_video)``: tracklets in video order, each ``(video,
+    [(frame, shot, light), ...], main identity)``; ``views_in_video[(video, person)]`` is the
+    person's first viewpoint there (an ID switch shows the other person from that view).
+    """
+    cfg = world.config
+    motion = np.random.default_rng([cfg.seed, 7])   # turns and light: their own stream
+    tracklets = []
     app_index = 0
     lo, hi = cfg.frames_per_appearance
     views_in_video: dict[tuple[int, int], str] = {}
-    for v in range(V):
+    for v in range(cfg.videos):
         look = first_look + int(video_cam[v])
         scene = len(world.scenes)
         world.scenes.append((look, int(rng.integers(2**31))))
@@ -269,88 +303,95 @@ def plan_pretrain(world: World, rng: np.random.Generator, first_look: int) -> No
             app_index += 1
         pieces_of_video.sort(key=lambda p: (p[0], p[2]))
         tracklets += [(v, shots, i) for _, shots, i in pieces_of_video]
+    return tracklets, views_in_video
 
-    n_rows = sum(len(s) for _, s, _ in tracklets)
-    noise = [["none"] * len(s) for _, s, _ in tracklets]
-    truth = [[i] * len(s) for _, s, i in tracklets]
-    frames = [[f for f, _, _ in s] for _, s, _ in tracklets]
-    shots = [[sh for _, sh, _ in s] for _, s, _ in tracklets]
-    lights = [[li for _, _, li in s] for _, s, _ in tracklets]
-    budget_switch = int(round(cfg.switch_rate * n_rows))
-    budget_fd = int(round(cfg.false_detection_rate * n_rows))
-    cap = [(len(s) - 1) // 2 for s in shots]  # noise never reaches half a tracklet
 
-    def inject(budget: int, kind: str) -> int:
-        passes = 0
-        while budget > 0 and passes < 50:
-            passes += 1
-            progress = False
-            for t in rng.permutation(len(tracklets)):
-                if budget == 0:
-                    break
-                v, _, main = tracklets[t]
-                L = len(shots[t])
-                free = [k for k in range(L) if noise[t][k] == "none"]
-                room = cap[t] - (L - len(free))
-                if room <= 0:
-                    continue
-                if kind == "switch":
-                    want = max(1, int(round(L * rng.uniform(0.15, 0.4))))
-                else:
-                    want = int(rng.integers(1, 4))
-                seg = min(want, room, budget)
-                # a contiguous run of free frames: tail for switches half of the time
-                runs = _free_runs(free, seg)
-                if not runs:
-                    continue
-                begin = runs[-1] if (kind == "switch" and rng.random() < 0.5) else runs[int(rng.integers(len(runs)))]
-                others = [j for j in members[v] if j != main]
-                other = int(rng.choice(others))
-                for k in range(begin, begin + seg):
-                    base = shots[t][k]
-                    if kind == "switch":
-                        shots[t][k] = _shot(rng, PERSON, other, base.look, base.scene, base.scene_pos,
-                                            views_in_video[(v, other)], base.phase, base.scale,
-                                            lights[t][k])
-                        truth[t][k] = other
-                    else:
-                        shots[t][k] = _noise_shot(rng, world, base.look, base.scene, members[v])
-                        truth[t][k] = -1
-                    noise[t][k] = kind
-                budget -= seg
-                progress = True
-            if not progress:
+@dataclass
+class _Tracklets:
+    """Per-tracklet columns the noise injection edits in place (lists of per-frame lists)."""
+
+    video: list[int]
+    main: list[int]
+    frames: list[list[int]]
+    shots: list[list[Shot]]
+    lights: list[list[Light]]
+    truth: list[list[int]]
+    noise: list[list[str]]
+
+    @classmethod
+    def of(cls, tracklets) -> "_Tracklets":
+        return cls(video=[v for v, _, _ in tracklets], main=[i for _, _, i in tracklets],
+                   frames=[[f for f, _, _ in s] for _, s, _ in tracklets],
+                   shots=[[sh for _, sh, _ in s] for _, s, _ in tracklets],
+                   lights=[[li for _, _, li in s] for _, s, _ in tracklets],
+                   truth=[[i] * len(s) for _, s, i in tracklets],
+                   noise=[["none"] * len(s) for _, s, _ in tracklets])
+
+
+def _inject_noise(world: World, rng: np.random.Generator, tracks: _Tracklets,
+                  members: list[list[int]], views_in_video: dict, budget: int, kind: str) -> int:
+    """Replace ``budget`` frames by noise of ``kind`` (``switch``: another person of the same
+    video, seen as in that video; ``false_detection``: background or a partial crop), in
+    contiguous runs, never reaching half a tracklet. Returns the budget that did not fit."""
+    cap = [(len(s) - 1) // 2 for s in tracks.shots]  # noise never reaches half a tracklet
+    passes = 0
+    while budget > 0 and passes < 50:
+        passes += 1
+        progress = False
+        for t in rng.permutation(len(tracks.shots)):
+            if budget == 0:
                 break
-        return budget
+            v, main = tracks.video[t], tracks.main[t]
+            L = len(tracks.shots[t])
+            free = [k for k in range(L) if tracks.noise[t][k] == "none"]
+            room = cap[t] - (L - len(free))
+            if room <= 0:
+                continue
+            if kind == "switch":
+                want = max(1, int(round(L * rng.uniform(0.15, 0.4))))
+            else:
+                want = int(rng.integers(1, 4))
+            seg = min(want, room, budget)
+            # a contiguous run of free frames: tail for switches half of the time
+            runs = _free_runs(free, seg)
+            if not runs:
+                continue
+            begin = runs[-1] if (kind == "switch" and rng.random() < 0.5) else runs[int(rng.integers(len(runs)))]
+            others = [j for j in members[v] if j != main]
+            other = int(rng.choice(others))
+            for k in range(begin, begin + seg):
+                base = tracks.shots[t][k]
+                if kind == "switch":
+                    tracks.shots[t][k] = _shot(rng, PERSON, other, base.look, base.scene, base.scene_pos,
+                                               views_in_video[(v, other)], base.phase, base.scale,
+                                               tracks.lights[t][k])
+                    tracks.truth[t][k] = other
+                else:
+                    tracks.shots[t][k] = _noise_shot(rng, world, base.look, base.scene, members[v])
+                    tracks.truth[t][k] = -1
+                tracks.noise[t][k] = kind
+            budget -= seg
+            progress = True
+        if not progress:
+            break
+    return budget
 
-    left = inject(budget_switch, "switch") + inject(budget_fd, "false_detection")
-    if left:
-        raise CionError("the requested noise rates do not fit in the tracklets "
-                        "(noise never takes half a tracklet): lower --switch-rate / "
-                        "--false-detection-rate or raise the frames per appearance")
 
+def _manifest_rows(tracks: _Tracklets, video_cam: np.ndarray) -> dict[str, list]:
+    """The manifest columns of output A, one row per frame, tracklets in order."""
     rows = {k: [] for k in ("path", "video", "tracklet", "frame", "camera", "identity",
                             "true_identity", "noise")}
-    for t, (v, _, _) in enumerate(tracklets):
-        for k, frame in enumerate(frames[t]):
+    for t, v in enumerate(tracks.video):
+        for k, frame in enumerate(tracks.frames[t]):
             rows["path"].append(f"images/v{v:03d}/t{t:05d}_f{frame:05d}.jpg")
             rows["video"].append(f"v{v:03d}")
             rows["tracklet"].append(t)
             rows["frame"].append(frame)
             rows["camera"].append(int(video_cam[v]) + 1)
             rows["identity"].append(-1)
-            rows["true_identity"].append(truth[t][k])
-            rows["noise"].append(noise[t][k])
-        world.pretrain_shots += shots[t]
-    world.pretrain_rows = rows
-    world.stats["pretrain"] = {
-        "images": n_rows, "tracklets": len(tracklets), "videos": V, "identities": cfg.identities,
-        "appearances": n_apps, "fragmented_appearances": len(fragmented),
-        "extra_tracklets_from_fragmentation": len(tracklets) - n_apps,
-        "switch_rows": budget_switch, "false_detection_rows": budget_fd,
-        "cross_video_identities": int(sum(1 for i in range(cfg.identities)
-                                          if sum(i in m for m in members) > 1)),
-    }
+            rows["true_identity"].append(tracks.truth[t][k])
+            rows["noise"].append(tracks.noise[t][k])
+    return rows
 
 
 def _free_runs(free: list[int], length: int) -> list[int]:
