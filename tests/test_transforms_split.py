@@ -84,3 +84,18 @@ def test_skipped_steps_change_nothing():
     k = MultiCropAugment(cfg).crops(_img(64, 32, 0), seed=3).globals_params[:, KERNEL_START:]
     assert torch.allclose(k.sum(1), torch.ones(2, dtype=k.dtype))
     assert (k[0] > 0).sum() > 1 and (k[1] > 0).sum() == 1
+
+
+def test_augment_device_option():
+    from cion.errors import CionError
+    from cion.pretrain.config import PretrainConfig
+    from cion.pretrain.trainer import resolve_augment_device
+
+    with pytest.raises(CionError, match="augment_device must be auto, cpu or cuda"):
+        PretrainConfig(augment_device="gpu")
+    cpu = torch.device("cpu")
+    assert resolve_augment_device("auto", cpu) == cpu and resolve_augment_device("cpu", cpu) == cpu
+    with pytest.raises(CionError, match="needs training on a CUDA GPU"):
+        resolve_augment_device("cuda", cpu)
+    # where the per-pixel half runs changes no draw: a run may resume with another choice
+    assert PretrainConfig(augment_device="cpu").differences(PretrainConfig()) == []
