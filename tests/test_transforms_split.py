@@ -8,7 +8,7 @@ import torch
 from multicrop_reference import ReferenceMultiCropAugment
 from PIL import Image
 
-from cion.data.photometric import KERNEL_START, PhotometricAugment, skippable
+from cion.data.photometric import KERNEL_START, PhotometricAugment, batch_plan
 from cion.data.transforms import MultiCropAugment, MultiCropConfig, MultiCropDataset, finish_views
 
 RECIPES = {
@@ -72,13 +72,20 @@ def test_skipped_steps_change_nothing():
     cfg = MultiCropConfig(global_size=(32, 16), local_crops=0, jitter_p=0.0, gray_p=0.0,
                           blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
     v = MultiCropAugment(cfg).crops(_img(64, 32, 0), seed=3)
-    skip = skippable(v.globals_params)
-    assert all(skip[k] for k in ("gain", "jitter", "gray", "blur", "solarize"))
-    none = {"gain": False, "jitter": False, "offsets": (False,) * 4, "gray": False,
-            "blur": False, "solarize": False}
+    plan = batch_plan(v.globals_params)
+    assert not any(plan[k] for k in ("gain", "jitter", "gray", "solarize"))
+    assert len(plan["blurred"]) == 0
+    every = {"gain": True, "jitter": True, "offsets": (True,) * 4, "gray": True,
+             "blurred": None, "solarize": True}
     ph = PhotometricAugment()
-    assert torch.equal(ph(v.globals_u8, v.globals_params, skip),
-                       ph(v.globals_u8, v.globals_params, none))
+    assert torch.equal(ph(v.globals_u8, v.globals_params, plan),
+                       ph(v.globals_u8, v.globals_params, every))
+    # the accelerator's way (every step on every view, impulse kernels) = the planned way
+    cfg = MultiCropConfig(**RECIPES["paper (scaled down)"])
+    v = MultiCropAugment(cfg).crops(_img(64, 32, 1), seed=9)
+    for u8, par in ((v.globals_u8, v.globals_params), (v.locals_u8, v.locals_params)):
+        torch.testing.assert_close(ph(u8, par, every), ph(u8, par, batch_plan(par)),
+                                   atol=1e-6, rtol=0)
     # an unblurred view's kernel is a unit impulse, a blurred one a normalised bump
     cfg = MultiCropConfig(global_size=(32, 16), local_crops=0, blur_p=(1.0, 0.0, 0.0))
     k = MultiCropAugment(cfg).crops(_img(64, 32, 0), seed=3).globals_params[:, KERNEL_START:]

@@ -205,14 +205,20 @@ class PhotometricAugment:
     """``augment(views, params) -> (n, 3, H, W) float32``, normalised, on ``views.device``.
 
     ``views``: (n, 3, H, W) uint8 crops (any device); ``params``: (n, K) float64 rows of
-    :func:`draw_photometric` (any device; on the CPU, e.g. straight from a pinned batch, they
-    also tell which steps the batch can skip, without a host round-trip). Steps, in DINO's
-    order: gain, colour jitter, grayscale, Gaussian blur, solarise, normalise (ImageNet mean
-    and std by default). Every view of the call is processed at once, whatever its image.
+    :func:`draw_photometric` (any device). Steps, in DINO's order: gain, colour jitter,
+    grayscale, Gaussian blur (only the views drawn for it), solarise, normalise (ImageNet mean
+    and std by default). All views of the call are processed at once, whatever their image;
+    on the CPU in chunks of ``cpu_chunk`` views (cache-sized).
+
+    ``plan``: :func:`batch_plan` of the same rows, read on the host. Give it when ``params``
+    already sit on the accelerator and their CPU copy is at hand (the trainer does): it skips
+    steps no view needs and blurs only the blurred views, without a device round-trip. Without
+    it, CPU ``params`` are planned here and accelerator ones run every step on every view.
     """
 
-    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), cpu_chunk: int = 16):
         self.mean, self.std = tuple(mean), tuple(std)
+        self.cpu_chunk = cpu_chunk
         self._norm: dict = {}
 
     def _normaliser(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,49 +231,58 @@ class PhotometricAugment:
         return self._norm[key]
 
     def __call__(self, views: torch.Tensor, params: torch.Tensor,
-                 skip: dict | None = None) -> torch.Tensor:
-        """``skip``: :func:`skippable` of the same rows (in any order) when ``params`` already
-        lives on the accelerator but a CPU copy was at hand."""
+                 plan: dict | None = None) -> torch.Tensor:
         n, _, h, w = views.shape
         dev = views.device
+        if dev.type == "cpu" and plan is None and n > self.cpu_chunk:
+            out = torch.empty(n, 3, h, w)
+            for i in range(0, n, self.cpu_chunk):
+                out[i:i + self.cpu_chunk] = self(views[i:i + self.cpu_chunk],
+                                                 params[i:i + self.cpu_chunk])
+            return out
         if n == 0:
             return torch.empty(0, 3, h, w, device=dev)
-        skip = skippable(params) if skip is None else skip
+        plan = batch_plan(params) if plan is None else plan
         p = params.to(dev, torch.float64, non_blocking=True)
         x = views.float().div_(255).view(n, 3, h * w)
-        if not skip["gain"]:
+        if plan["gain"]:
             x = x.mul_(p[:, GAIN].float().unsqueeze(2)).clamp_(0, 1)
-        if not skip["jitter"]:
-            x = apply_jitter(x, p[:, MATRICES].view(n, 4, 3, 3), p[:, CONTRAST], skip["offsets"])
-        if not skip["gray"]:
+        if plan["jitter"]:
+            x = apply_jitter(x, p[:, MATRICES].view(n, 4, 3, 3), p[:, CONTRAST],
+                             tuple(not v for v in plan["offsets"]))
+        if plan["gray"]:
             g = (_constants(dev)["gray"] * x).sum(1, keepdim=True)
             x = torch.where(p[:, GRAY_FLAG].view(n, 1, 1) > 0.5, g.expand_as(x), x)
         x = x.view(n, 3, h, w)
-        if not skip["blur"]:
+        blurred = plan["blurred"]
+        if blurred is None:
             x = blur_separable(x, p[:, KERNEL_START:])
-        if not skip["solarize"]:
+        elif len(blurred):
+            idx = blurred.to(dev, non_blocking=True)
+            x.index_copy_(0, idx, blur_separable(x.index_select(0, idx),
+                                                 p.index_select(0, idx)[:, KERNEL_START:]))
+        if plan["solarize"]:
             sol = p[:, SOLARIZE_FLAG].view(n, 1, 1, 1) > 0.5
             x = torch.where(sol & (x >= 128 / 255), 1.0 - x, x)
         inv_std, shift = self._normaliser(dev)
         return x.mul_(inv_std).add_(shift)
 
 
-def skippable(params: torch.Tensor) -> dict:
-    """Which steps leave every view of ``params`` (n, K) unchanged, read from CPU rows (no
-    device sync); nothing is skipped when the rows already live on an accelerator."""
+def batch_plan(params: torch.Tensor) -> dict:
+    """Which steps some view of ``params`` (n, K) needs, read from CPU rows (no device sync):
+    ``{"gain", "jitter", "gray", "solarize": bool, "offsets": 4 bools (contrast at step k),
+    "blurred": (m,) int64 indices of the blurred views}``. Rows on an accelerator are not
+    read: every step runs (``blurred`` None: blur every view, impulses are exact)."""
     if params.device.type != "cpu":
-        return {"gain": False, "jitter": False, "offsets": (False,) * 4, "gray": False,
-                "blur": False, "solarize": False}
+        return {"gain": True, "jitter": True, "offsets": (True,) * 4, "gray": True,
+                "blurred": None, "solarize": True}
     p = params
-    n = p.shape[0]
     eye = torch.eye(3, dtype=p.dtype).flatten().repeat(4)
     r = (p.shape[1] - KERNEL_START - 1) // 2
-    impulse = torch.zeros(2 * r + 1, dtype=p.dtype)
-    impulse[r] = 1
     contrast = p[:, CONTRAST] != 0
-    return {"gain": bool((p[:, GAIN] == 1).all()),
-            "jitter": bool((p[:, MATRICES] == eye).all()),
-            "offsets": tuple(bool(v) for v in ~contrast.any(0)),
-            "gray": not bool((p[:, GRAY_FLAG] > 0.5).any()),
-            "blur": bool((p[:, KERNEL_START:] == impulse).all()) or n == 0,
-            "solarize": not bool((p[:, SOLARIZE_FLAG] > 0.5).any())}
+    return {"gain": not bool((p[:, GAIN] == 1).all()),
+            "jitter": not bool((p[:, MATRICES] == eye).all()),
+            "offsets": tuple(bool(v) for v in contrast.any(0)),
+            "gray": bool((p[:, GRAY_FLAG] > 0.5).any()),
+            "blurred": torch.nonzero(p[:, KERNEL_START + r] != 1).flatten(),
+            "solarize": bool((p[:, SOLARIZE_FLAG] > 0.5).any())}

@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from cion.data.photometric import (_GRAY, WIDTH_FIXED, PhotometricAugment, apply_jitter,
-                                   blur_radius, blur_separable, draw_jitter, draw_photometric,
-                                   skippable)
+                                   batch_plan, blur_radius, blur_separable, draw_jitter,
+                                   draw_photometric)
 from cion.errors import CionError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -187,9 +187,9 @@ class MultiCropAugment:
         flip = rng.random(n) < cfg.flip_p
         params = draw_photometric(rng, n, size, cfg, blur_p, solarize_p)
         pixels = np.empty((n, h, w, 3), np.uint8)
-        for i, box in enumerate(boxes.tolist()):   # per crop: one or two C calls
-            c = img.resize((w, h), Image.BILINEAR, box=tuple(box))
-            pixels[i] = np.asarray(c.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else c)
+        for i, box in enumerate(boxes.tolist()):   # per crop: one C call, one copy
+            c = np.asarray(img.resize((w, h), Image.BILINEAR, box=tuple(box)))
+            pixels[i] = c[:, ::-1] if flip[i] else c
         return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(params)
 
     def crops(self, img, seed: int) -> MultiCropViews:
@@ -257,10 +257,14 @@ def finish_views(photometric: PhotometricAugment, pixels: torch.Tensor, params: 
     b, v = pixels.shape[:2]
     if v == 0:
         return []
-    skip = skippable(params.reshape(b * v, -1))       # read on the host: no device sync
     x = pixels.to(device, non_blocking=True).transpose(0, 1).reshape(v * b, *pixels.shape[2:])
-    p = params.to(device, non_blocking=True).transpose(0, 1).reshape(v * b, -1)
-    views = photometric(x, p, skip).view(v, b, *pixels.shape[2:])
+    if device.type == "cpu":
+        views = photometric(x, params.transpose(0, 1).reshape(v * b, -1))
+    else:   # plan on the host copy (no device sync), compute on the device
+        plan = batch_plan(params.transpose(0, 1).reshape(v * b, -1))
+        p = params.to(device, non_blocking=True).transpose(0, 1).reshape(v * b, -1)
+        views = photometric(x, p, plan)
+    views = views.view(v, b, *pixels.shape[2:])
     if out_device is not None and torch.device(out_device) != views.device:
         views = views.to(out_device, non_blocking=True)
     return list(views.unbind(0))
