@@ -1,8 +1,13 @@
 """The pre-training loop: identity-guided self-distillation (CION) of any ReIDZoo backbone.
 
-Read it like DINO's ``train_one_epoch``: per step, evaluate the schedules, run the teacher on
-the two global views and the student on all views, compute the identity-guided loss, step the
+Read it like DINO's ``main_dino.py``: :func:`setup_run` builds the data pipeline, networks,
+loss and optimiser; :func:`restore` loads a checkpoint; :func:`train_one_epoch` runs the steps:
+evaluate the schedules, finish the batch's views on the augmentation device (the DataLoader
+workers send uint8 crops, :func:`cion.data.transforms.finish_views`), run the teacher on the two
+global views and the student on all views, compute the identity-guided loss (Eq. 9), step the
 optimiser (gradients unscaled before clipping), update the teacher by EMA, log, checkpoint.
+A step makes no host round-trip: its statistics stay device tensors until the log step
+(``log_every``), where one transfer brings them, and the NaN check, to the host (docs/gpu.md).
 
     from cion.pretrain import PretrainConfig, pretrain
     result = pretrain("identities.parquet", PretrainConfig(arch="resnet50_ibn"), "runs/r50")
