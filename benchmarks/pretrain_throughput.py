@@ -3,7 +3,7 @@ image, torchvision-PIL DINO, and the batched per-pixel half; same run), training
 in the loss, on CPU; on a GPU (when present) bf16 images/s for resnet50_ibn.
 
     .venv/bin/python benchmarks/pretrain_throughput.py [--archs resnet50_ibn,vit_small]
-        [--batch 4] [--local-crops 8] [--steps 2] [--aug-images 40] [--quick]
+        [--batch 4] [--local-crops 8] [--steps 2] [--aug-images 40] [--aug-rounds 3] [--quick]
 
 ``--quick`` uses 128x64 / 64x32 crops and 2 local crops (a fast smoke run). Timings on a shared
 machine are disturbed by other processes; the two augmentation pipelines are measured
@@ -96,7 +96,30 @@ def bench_augment(n_images: int, gsize, lsize, local_crops: int, rounds: int = 3
             torch.set_num_threads(1)
         return run
 
-    fns = {"worker half": run_worker, "both halves per image": run_both,
+    import numpy as np
+
+    from cion.data.transforms import random_resized_boxes
+
+    decoded = [decode(b) for b in data]
+    boxes = []
+    for i, img in enumerate(decoded):     # the boxes a worker would draw (sizes as in crops())
+        rng = np.random.default_rng(i)
+        boxes.append([(gsize, random_resized_boxes(rng, 2, *img.size, cfg.global_scale, cfg.ratio)),
+                      (lsize, random_resized_boxes(rng, local_crops, *img.size, cfg.local_scale,
+                                                   cfg.ratio))])
+
+    def run_decode():
+        for b in data:
+            decode(b)
+
+    def run_resize():
+        for img, groups in zip(decoded, boxes):
+            for (h, w), bx in groups:
+                for box in bx.tolist():
+                    img.resize((w, h), Image.BILINEAR, box=tuple(box))
+
+    fns = {"worker half": run_worker, "- of which JPEG decode": run_decode,
+           "- of which PIL crop + resize (10 calls)": run_resize, "both halves per image": run_both,
            "former per-image code (6c7065c)": run_former, "torchvision": run_ref,
            "per-pixel batched, 1 thread": per_pixel(1),
            f"per-pixel batched, {batch_threads} threads": per_pixel(batch_threads)}
@@ -173,6 +196,7 @@ def main() -> None:
     ap.add_argument("--local-crops", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--aug-images", type=int, default=40)
+    ap.add_argument("--aug-rounds", type=int, default=3, help="timed rounds (the best counts)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gpu-batch", type=int, default=128)
@@ -183,7 +207,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} default threads")
     print(f"\n## augmentation, 1 thread, 2 x {gsize[0]}x{gsize[1]} + {L} x {lsize[0]}x{lsize[1]} "
           f"from {int(gsize[0] * 1.5)}x{int(gsize[1] * 1.5)} JPEGs")
-    aug = bench_augment(args.aug_images, gsize, lsize, L, batch_threads=args.threads)
+    aug = bench_augment(args.aug_images, gsize, lsize, L, rounds=args.aug_rounds,
+                        batch_threads=args.threads)
     base = aug["former per-image code (6c7065c)"]
     print("| pipeline | images/s | vs the former per-image code |\n|---|---|---|")
     for name, v in aug.items():
