@@ -1,4 +1,4 @@
-"""Multi-crop person augmentation for CION pre-training (SPEC section 4), fast.
+"""Multi-crop person augmentation for CION pre-training (paper Sec. 3.3 / 4.1, DINO's recipe).
 
 Per image: 2 global views (default 256x128, RandomResizedCrop scale (0.8, 1.0)) and L local
 views (default 128x64, scale (0.05, 0.8)), all with aspect ratio w/h in (0.4, 0.6); horizontal
@@ -9,13 +9,16 @@ p 0.2 on global 2; ImageNet mean/std. Optional, off by default (not in DINO's se
 white-balance jitter, each channel scaled by ``exp(U(-gain_jitter, gain_jitter))`` with
 probability ``gain_p``, before the colour jitter.
 
-Why it is faster than the torchvision-PIL pipeline of DINO (measured in
-``benchmarks/pretrain_throughput.py``): the image is decoded once (with JPEG draft decoding when
-it is much larger than needed); each crop is cut and resized by one PIL call
-(``Image.resize(box=...)``) and flipped in PIL; colour jitter and grayscale are per-crop 3x3
-colour matrices applied to all crops of one size by batched matrix products
-(:func:`colour_jitter`), instead of four PIL passes (two of them through HSV) per crop; the
-blur is one separable grouped convolution over all blurred crops of one size.
+Two halves (docs/gpu.md): :meth:`MultiCropAugment.crops` runs in the DataLoader workers: the
+image is decoded once (JPEG draft decoding when it is much larger than needed), each crop is
+cut and resized by one PIL call (``Image.resize(box=...)``) and flipped, and the result is
+uint8 with one row of per-view parameters holding every other random draw;
+:class:`cion.data.photometric.PhotometricAugment` then applies white-balance gain, colour
+jitter + grayscale (per-view 3x3 colour matrices, batched matrix products), Gaussian blur (one
+separable grouped convolution), solarise and normalisation to all views of a batch at once on
+the training device (:func:`finish_views`). ``augment(img, seed)`` runs both halves on the CPU
+for one image. Both are faster than the torchvision-PIL pipeline of DINO
+(``benchmarks/pretrain_throughput.py``).
 
 Randomness: every call takes a 64-bit ``seed`` (given per sample by
 :class:`cion.data.sampler.IdentityBatchSampler`), so the crops of an image depend only on that
