@@ -183,6 +183,14 @@ def blur_separable(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, h, w)
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device`` without blocking the host: a CPU tensor bound for a GPU is first
+    pinned (PyTorch's caching host allocator: cheap for small tensors after the first call)."""
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _constants(device: torch.device) -> dict:
     """Small constant tensors, made once per device (a fresh one per call would be a
@@ -258,7 +266,7 @@ class PhotometricAugment:
         if blurred is None:
             x = blur_separable(x, p[:, KERNEL_START:])
         elif len(blurred):
-            idx = blurred.to(dev, non_blocking=True)
+            idx = to_device_async(blurred, dev)
             x.index_copy_(0, idx, blur_separable(x.index_select(0, idx),
                                                  p.index_select(0, idx)[:, KERNEL_START:]))
         if plan["solarize"]:

@@ -37,6 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-GPU copy that does not block the host (pinned first: truly asynchronous)."""
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def group_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Map identity labels (B,) to dense group ids (B,) in [0, n_groups) and group sizes."""
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
@@ -60,8 +67,8 @@ def identity_dino_loss_sum(student_logp: torch.Tensor, teacher_p: torch.Tensor,
     n_views, batch, dim = student_logp.shape
     n_teacher = teacher_p.shape[0]
     group, sizes = group_index(labels)     # labels on the CPU: no device sync for torch.unique
-    group = group.to(student_logp.device, non_blocking=True)
-    sizes = sizes.to(student_logp.device, non_blocking=True)
+    group = _to_device_async(group, student_logp.device)
+    sizes = _to_device_async(sizes, student_logp.device)
     n_groups = sizes.numel()
     partners = (n_views * sizes - 1).to(student_logp.dtype)                     # (n_groups,)
     s_group = student_logp.new_zeros(n_groups, dim).index_add_(0, group, student_logp.sum(0))
