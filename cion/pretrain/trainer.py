@@ -438,7 +438,7 @@ def train_one_epoch(run: Run, max_steps: float, metrics: MetricsLog, bar, callba
         if run.global_step % cfg.log_every == 0 or run.global_step == 1 or last:
             pending.check()
             values = torch.stack([stats[k].detach().float() for k in stats]).tolist()
-            record.update(zip(stats, values))                   # the one host round-trip
+            record = dict(record, **dict(zip(stats, values)))   # the one host round-trip
             now = time.perf_counter()
             record["images_per_s"] = clock["images"] / max(now - clock["t"], 1e-9)
             clock["t"], clock["images"] = now, 0
