@@ -35,13 +35,14 @@ def test_per_image_views_equal_the_former_implementation(recipe):
         img = _img(96 + 8 * (seed % 3), 48, seed)
         (g, l), (rg, rl) = new(img, seed), old(img, seed)
         assert g.shape == rg.shape and l.shape == rl.shape
-        torch.testing.assert_close(g, rg, atol=1e-5, rtol=0)
-        torch.testing.assert_close(l, rl, atol=1e-5, rtol=0)
+        # same arithmetic in the same memory layout: bit-identical on the CPU
+        assert torch.equal(g, rg) and torch.equal(l, rl)
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_batched_views_equal_the_per_image_ones(recipe, tmp_path):
-    """The trainer's path: uint8 crops from a DataLoader, all views of the batch at once."""
+    """The trainer's path: uint8 crops from a DataLoader, all views of the batch at once
+    (bit-identical on this machine; the tolerance allows other batched kernels elsewhere)."""
     cfg = MultiCropConfig(**RECIPES[recipe])
     paths = []
     for i in range(5):
@@ -74,7 +75,7 @@ def test_skipped_steps_change_nothing():
     v = MultiCropAugment(cfg).crops(_img(64, 32, 0), seed=3)
     plan = batch_plan(v.globals_params)
     assert not any(plan[k] for k in ("gain", "jitter", "gray", "solarize"))
-    assert len(plan["blurred"]) == 0
+    assert plan["blurred"] == []
     every = {"gain": True, "jitter": True, "offsets": (True,) * 4, "gray": True,
              "blurred": None, "solarize": True}
     ph = PhotometricAugment()

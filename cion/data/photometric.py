@@ -18,7 +18,7 @@ normalised 1-D Gaussian kernel (a unit impulse when the view is not blurred). Ro
 
     [0:3]   gain (R, G, B)                 [39:43] contrast coefficient of each step
     [3:39]  4 colour matrices, row-major    [43]    grayscale flag   [44] solarise flag
-    [45:]   blur kernel, centred, 2R + 1 taps
+    [45]    blur half-width h (0: no blur)  [46:]   blur kernel, centred, 2R + 1 taps
 
 The views equal those of the former per-image implementation (same draws in the same order,
 same operations; float32 rounding aside), see ``tests/test_transforms_split.py``.
@@ -37,8 +37,9 @@ MATRICES = slice(3, 39)
 CONTRAST = slice(39, 43)
 GRAY_FLAG = 43
 SOLARIZE_FLAG = 44
-KERNEL_START = 45
-WIDTH_FIXED = 45
+KERNEL_HALF = 45
+KERNEL_START = 46
+WIDTH_FIXED = 46
 
 _GRAY = np.array([0.299, 0.587, 0.114])
 _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -101,16 +102,18 @@ def draw_jitter(rng: np.random.Generator, n: int, jitter=(0.4, 0.4, 0.2, 0.1),
 
 
 def blur_kernels(sigma: np.ndarray, blurred: np.ndarray, size: tuple[int, int],
-                 radius: int) -> np.ndarray:
+                 radius: int) -> tuple[np.ndarray, int]:
     """1-D Gaussian kernels (n, 2 radius + 1) of ``n`` views of one image and size.
 
     The blurred views share one support, ``ceil(3 x the largest of their sigmas)`` pixels each
     side (capped by the view size), and are normalised on it (float32 arithmetic); each is
     centred in ``2 radius + 1`` taps with zeros outside. Views not blurred get a unit impulse.
+    Returns ``(kernels, half)``, ``half`` the support of the blurred views (0 when none).
     """
     n = len(sigma)
     out = np.zeros((n, 2 * radius + 1))
     out[:, radius] = 1.0
+    half = 0
     if blurred.any():
         s = torch.from_numpy(sigma[blurred]).float()
         half = max(1, min(int(math.ceil(3.0 * float(s.max()))), min(size) - 1))
@@ -120,7 +123,7 @@ def blur_kernels(sigma: np.ndarray, blurred: np.ndarray, size: tuple[int, int],
         rows = np.zeros((len(s), 2 * radius + 1))
         rows[:, radius - half:radius + half + 1] = k.numpy()
         out[blurred] = rows
-    return out
+    return out, half
 
 
 def draw_photometric(rng: np.random.Generator, n: int, size: tuple[int, int], cfg,
@@ -141,9 +144,10 @@ def draw_photometric(rng: np.random.Generator, n: int, size: tuple[int, int], cf
     matrices, contrast, gray = draw_jitter(rng, n, cfg.jitter, cfg.jitter_p, cfg.gray_p)
     solarize = rng.random(n) < solarize_p
     radius = blur_radius(size, cfg.blur_sigma, cfg.sigma_scale)
+    kernels, half = blur_kernels(sigma, blurred, size, radius)
     return np.concatenate([gain, matrices.transpose(1, 0, 2, 3).reshape(n, 36), contrast.T,
-                           gray[:, None], solarize[:, None],
-                           blur_kernels(sigma, blurred, size, radius)], axis=1)
+                           gray[:, None], solarize[:, None], (half * blurred)[:, None],
+                           kernels], axis=1)
 
 
 def apply_jitter(x: torch.Tensor, matrices: torch.Tensor, contrast: torch.Tensor,
@@ -156,12 +160,15 @@ def apply_jitter(x: torch.Tensor, matrices: torch.Tensor, contrast: torch.Tensor
     """
     gray = _constants(x.device)["gray64"]
     for k in range(4):
-        m = matrices[:, k].float()
+        m = matrices[:, k].float().contiguous()
         if skip_offsets[k]:
             x = torch.bmm(m, x)
         else:
-            mean_gray = x.mean(dim=2).double() @ gray                              # (n,)
-            off = (contrast[:, k] * mean_gray).float().view(-1, 1, 1).expand(-1, 3, 1)
+            if x.device.type == "cpu":   # numpy's dot, as the former code: bit-identical views
+                mean_gray = torch.from_numpy(x.mean(dim=2).double().numpy() @ _GRAY)
+            else:
+                mean_gray = x.mean(dim=2).double() @ gray                          # (n,)
+            off = (contrast[:, k] * mean_gray).float().view(-1, 1, 1).expand(-1, 3, 1).contiguous()
             x = torch.baddbmm(off, m, x)
         x.clamp_(0, 1)
     return x
@@ -212,7 +219,9 @@ def _no_tf32(device: torch.device):
 class PhotometricAugment:
     """``augment(views, params) -> (n, 3, H, W) float32``, normalised, on ``views.device``.
 
-    ``views``: (n, 3, H, W) uint8 crops (any device); ``params``: (n, K) float64 rows of
+    ``views``: (n, H, W, 3) uint8 crops, channels last as PIL makes them (any device; the
+    arithmetic follows that layout, so CPU results are bit-identical to the former per-image
+    code); ``params``: (n, K) float64 rows of
     :func:`draw_photometric` (any device). Steps, in DINO's order: gain, colour jitter,
     grayscale, Gaussian blur (only the views drawn for it), solarise, normalise (ImageNet mean
     and std by default). All views of the call are processed at once, whatever their image;
@@ -240,7 +249,7 @@ class PhotometricAugment:
 
     def __call__(self, views: torch.Tensor, params: torch.Tensor,
                  plan: dict | None = None) -> torch.Tensor:
-        n, _, h, w = views.shape
+        n, h, w, _ = views.shape
         dev = views.device
         if dev.type == "cpu" and plan is None and n > self.cpu_chunk:
             out = torch.empty(n, 3, h, w)
@@ -252,7 +261,7 @@ class PhotometricAugment:
             return torch.empty(0, 3, h, w, device=dev)
         plan = batch_plan(params) if plan is None else plan
         p = params.to(dev, torch.float64, non_blocking=True)
-        x = views.float().div_(255).view(n, 3, h * w)
+        x = views.permute(0, 3, 1, 2).reshape(n, 3, h * w).float().div_(255)
         if plan["gain"]:
             x = x.mul_(p[:, GAIN].float().unsqueeze(2)).clamp_(0, 1)
         if plan["jitter"]:
@@ -261,14 +270,15 @@ class PhotometricAugment:
         if plan["gray"]:
             g = (_constants(dev)["gray"] * x).sum(1, keepdim=True)
             x = torch.where(p[:, GRAY_FLAG].view(n, 1, 1) > 0.5, g.expand_as(x), x)
-        x = x.view(n, 3, h, w)
-        blurred = plan["blurred"]
-        if blurred is None:
+        x = x.reshape(n, 3, h, w)
+        if plan["blurred"] is None:
             x = blur_separable(x, p[:, KERNEL_START:])
-        elif len(blurred):
-            idx = to_device_async(blurred, dev)
-            x.index_copy_(0, idx, blur_separable(x.index_select(0, idx),
-                                                 p.index_select(0, idx)[:, KERNEL_START:]))
+        else:   # one convolution per support width: each view's own arithmetic, exactly
+            r = (p.shape[1] - KERNEL_START - 1) // 2
+            for half, views_idx in plan["blurred"]:
+                idx = to_device_async(views_idx, dev)
+                k = p.index_select(0, idx)[:, KERNEL_START + r - half:KERNEL_START + r + half + 1]
+                x.index_copy_(0, idx, blur_separable(x.index_select(0, idx), k))
         if plan["solarize"]:
             sol = p[:, SOLARIZE_FLAG].view(n, 1, 1, 1) > 0.5
             x = torch.where(sol & (x >= 128 / 255), 1.0 - x, x)
@@ -279,18 +289,20 @@ class PhotometricAugment:
 def batch_plan(params: torch.Tensor) -> dict:
     """Which steps some view of ``params`` (n, K) needs, read from CPU rows (no device sync):
     ``{"gain", "jitter", "gray", "solarize": bool, "offsets": 4 bools (contrast at step k),
-    "blurred": (m,) int64 indices of the blurred views}``. Rows on an accelerator are not
-    read: every step runs (``blurred`` None: blur every view, impulses are exact)."""
+    "blurred": [(half-width, int64 indices of the views blurred with it), ...]}``. Rows on an
+    accelerator are not read: every step runs (``blurred`` None: blur every view with the full
+    kernel width, impulses are exact)."""
     if params.device.type != "cpu":
         return {"gain": True, "jitter": True, "offsets": (True,) * 4, "gray": True,
                 "blurred": None, "solarize": True}
     p = params
     eye = torch.eye(3, dtype=p.dtype).flatten().repeat(4)
-    r = (p.shape[1] - KERNEL_START - 1) // 2
     contrast = p[:, CONTRAST] != 0
+    halves = p[:, KERNEL_HALF].long()
     return {"gain": not bool((p[:, GAIN] == 1).all()),
             "jitter": not bool((p[:, MATRICES] == eye).all()),
             "offsets": tuple(bool(v) for v in contrast.any(0)),
             "gray": bool((p[:, GRAY_FLAG] > 0.5).any()),
-            "blurred": torch.nonzero(p[:, KERNEL_START + r] != 1).flatten(),
+            "blurred": [(int(h), torch.nonzero(halves == h).flatten())
+                        for h in torch.unique(halves[halves > 0]).tolist()],
             "solarize": bool((p[:, SOLARIZE_FLAG] > 0.5).any())}

@@ -118,7 +118,8 @@ def colour_jitter(x: torch.Tensor, rng: np.random.Generator, jitter=(0.4, 0.4, 0
     """
     matrices, contrast, gray = draw_jitter(rng, x.shape[0], jitter, jitter_p, gray_p)
     m = torch.from_numpy(matrices.transpose(1, 0, 2, 3).copy())
-    x = apply_jitter(x, m, torch.from_numpy(contrast.T.copy()))
+    x = apply_jitter(x, m, torch.from_numpy(contrast.T.copy()),
+                     tuple(not c.any() for c in contrast))
     if gray.any():
         g = (torch.from_numpy(_GRAY).float().view(1, 3, 1) * x).sum(1, keepdim=True)
         x = torch.where(torch.from_numpy(gray).view(-1, 1, 1), g.expand_as(x), x)
@@ -140,8 +141,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 class MultiCropViews(NamedTuple):
     """What a DataLoader worker makes of one image: uint8 crops and the parameter rows of
     their per-pixel augmentation (:func:`cion.data.photometric.draw_photometric`)."""
-    globals_u8: torch.Tensor      # (2, 3, Hg, Wg) uint8
-    locals_u8: torch.Tensor       # (L, 3, Hl, Wl) uint8
+    globals_u8: torch.Tensor      # (2, Hg, Wg, 3) uint8, channels last as PIL gives them
+    locals_u8: torch.Tensor       # (L, Hl, Wl, 3) uint8
     globals_params: torch.Tensor  # (2, K_g) float64
     locals_params: torch.Tensor   # (L, K_l) float64
 
@@ -178,7 +179,7 @@ class MultiCropAugment:
     def _views(self, img: Image.Image, rng: np.random.Generator, n: int, size: tuple[int, int],
                scale: tuple[float, float], blur_p: np.ndarray,
                solarize_p: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` views of one size: uint8 pixels (n, 3, H, W) and parameter rows (n, K).
+        """``n`` views of one size: uint8 pixels (n, H, W, 3) and parameter rows (n, K).
 
         Per view, in PIL on uint8 (C code): crop + resize in one call
         (``Image.resize(box=...)``), flip. Draws: crop boxes, flips, then
@@ -193,7 +194,7 @@ class MultiCropAugment:
         for i, box in enumerate(boxes.tolist()):   # per crop: one C call, one copy
             c = np.asarray(img.resize((w, h), Image.BILINEAR, box=tuple(box)))
             pixels[i] = c[:, ::-1] if flip[i] else c
-        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(params)
+        return torch.from_numpy(pixels), torch.from_numpy(params)
 
     def crops(self, img, seed: int) -> MultiCropViews:
         """The worker half for one image; every draw is a function of ``seed`` only."""
@@ -211,7 +212,7 @@ class MultiCropAugment:
                                     np.full(L, cfg.blur_p[2]), np.zeros(L))
         else:
             radius = blur_radius(cfg.local_size, cfg.blur_sigma, cfg.sigma_scale)
-            loc = torch.empty(0, 3, *cfg.local_size, dtype=torch.uint8)
+            loc = torch.empty(0, *cfg.local_size, 3, dtype=torch.uint8)
             lpar = torch.empty(0, WIDTH_FIXED + 2 * radius + 1, dtype=torch.float64)
         return MultiCropViews(glob, loc, gpar, lpar)
 
@@ -252,7 +253,7 @@ def finish_views(photometric: PhotometricAugment, pixels: torch.Tensor, params: 
                  device: torch.device, out_device: torch.device | None = None) -> list[torch.Tensor]:
     """The per-pixel half for a collated batch: views as a list of (B, 3, H, W) float32.
 
-    ``pixels``: (B, V, 3, H, W) uint8 and ``params``: (B, V, K) float64, as the DataLoader
+    ``pixels``: (B, V, H, W, 3) uint8 and ``params``: (B, V, K) float64, as the DataLoader
     gives them (pinned when it pins memory); both cross to ``device`` without blocking, all
     B x V views are augmented at once there, and the result goes to ``out_device`` (default
     ``device``). Each returned view is contiguous.
@@ -267,7 +268,7 @@ def finish_views(photometric: PhotometricAugment, pixels: torch.Tensor, params: 
         plan = batch_plan(params.transpose(0, 1).reshape(v * b, -1))
         p = params.to(device, non_blocking=True).transpose(0, 1).reshape(v * b, -1)
         views = photometric(x, p, plan)
-    views = views.view(v, b, *pixels.shape[2:])
+    views = views.contiguous().view(v, b, 3, *pixels.shape[2:4])
     if out_device is not None and torch.device(out_device) != views.device:
         views = views.to(out_device, non_blocking=True)
     return list(views.unbind(0))
