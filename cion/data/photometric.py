@@ -21,7 +21,8 @@ normalised 1-D Gaussian kernel (a unit impulse when the view is not blurred). Ro
     [45]    blur half-width h (0: no blur)  [46:]   blur kernel, centred, 2R + 1 taps
 
 The views equal those of the former per-image implementation (same draws in the same order,
-same operations; float32 rounding aside), see ``tests/test_transforms_split.py``.
+same operations in the same memory layout: bit-identical on the CPU), see
+``tests/test_transforms_split.py``.
 """
 from __future__ import annotations
 
