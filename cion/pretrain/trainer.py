@@ -397,7 +397,8 @@ def train_one_epoch(run: Run, max_steps: float, metrics: MetricsLog, bar, callba
     and at the epoch's end); returns True when ``max_steps`` stopped the run.
 
     Nothing in a step waits for the device: statistics stay 0-d device tensors until a log
-    step (every ``log_every``), where one transfer brings them to the host.
+    step (every ``log_every``) or a checkpoint, where they (and the losses since the last
+    check, for the NaN check) come to the host in two small transfers.
     """
     cfg, info, sampler, device = run.cfg, run.info, run.sampler, run.device
     from cion.data.transforms import finish_views
@@ -409,8 +410,9 @@ def train_one_epoch(run: Run, max_steps: float, metrics: MetricsLog, bar, callba
     if bar is not None:
         if clock.get("task") is not None:      # keep only the current epoch's bar
             bar.remove_task(clock["task"])
-        task = clock["task"] = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} K={sampler.k(epoch)}",
-                            total=steps, completed=run.step_in_epoch, loss=float("nan"))
+        task = clock["task"] = bar.add_task(
+            f"epoch {epoch + 1}/{cfg.epochs} K={sampler.k(epoch)}", total=steps,
+            completed=run.step_in_epoch, loss=float("nan"))
     pending = PendingLosses()
     stopped = False
     step = run.step_in_epoch - 1
@@ -438,7 +440,7 @@ def train_one_epoch(run: Run, max_steps: float, metrics: MetricsLog, bar, callba
         if run.global_step % cfg.log_every == 0 or run.global_step == 1 or last:
             pending.check()
             values = torch.stack([stats[k].detach().float() for k in stats]).tolist()
-            record = dict(record, **dict(zip(stats, values)))   # the one host round-trip
+            record = dict(record, **dict(zip(stats, values)))   # host round-trip of a log step
             now = time.perf_counter()
             record["images_per_s"] = clock["images"] / max(now - clock["t"], 1e-9)
             clock["t"], clock["images"] = now, 0
