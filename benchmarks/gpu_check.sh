@@ -16,6 +16,8 @@ fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 cd "$root"
 echo "# cion gpu_check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
+# DataLoader workers hand batches over through shared memory: a small /dev/shm fails the loader rows
+df -h /dev/shm 2>/dev/null | tail -n 1 | awk '{print "# /dev/shm: " $2 " total, " $4 " free"}' || true
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
