@@ -74,6 +74,11 @@ PROFILES = {
 }
 
 
+def sig(v: float, digits: int = 4) -> float:
+    """``v`` to ``digits`` significant figures (a tiny smoke-run time stays above zero)."""
+    return float(f"{v:.{digits}g}")
+
+
 class Clock:
     def __init__(self, device: str):
         import torch
@@ -329,10 +334,10 @@ def main(argv=None) -> int:
         for arch, batch in p.pretrain:
             def fmt(r, arch=arch, batch=batch):
                 head = f"{arch}, batch {batch}, {sizes}"
-                return [(f"{head}: real DataLoader ({r['workers']} workers)", round(r["real loader"], 1)),
-                        (f"{head}: pre-made tensors (model-bound)", round(r["pre-made tensors"], 1)),
-                        (f"{head}: DataLoader alone", round(r["loader alone"], 1)),
-                        (f"{head}: loss share of a step (%)", round(100 * r["loss share"], 2)),
+                return [(f"{head}: real DataLoader ({r['workers']} workers)", sig(r["real loader"])),
+                        (f"{head}: pre-made tensors (model-bound)", sig(r["pre-made tensors"])),
+                        (f"{head}: DataLoader alone", sig(r["loader alone"])),
+                        (f"{head}: loss share of a step (%)", sig(100 * r["loss share"])),
                         (f"{head}: host syncs in one step", "n/a (CPU)" if r["syncs per step"] is None
                          else r["syncs per step"])]
             row("pre-training images/s", arch,
@@ -346,15 +351,15 @@ def main(argv=None) -> int:
                 continue
             row("fine-tuning images/s", what,
                 lambda fn=fn, size=size: fn(p, p.finetune_arch, size, finetune_data),
-                lambda v, what=what: [(what, round(v, 1))])
+                lambda v, what=what: [(what, sig(v))])
         amp = "fp16" if p.device == "cuda" else "fp32"
         what = f"{p.extract_arch} {gs[0]}x{gs[1]} from JPEGs, batch {p.extract_batch}, {amp}"
         row("feature extraction images/s", what, lambda: extract_rate(p, finetune_data),
-            lambda v, what=what: [(what, round(v, 1))])
+            lambda v, what=what: [(what, sig(v))])
     nq, ng = p.eval_size[:2]
     what = f"{nq:,} x {ng:,}, D {p.eval_dim}, cosine, on {p.device}"
     row("evaluation", what, lambda: evaluate_seconds(p),
-        lambda v, what=what: [(f"{what}: seconds", round(v[0], 2)), (f"{what}: mAP (sanity)", round(v[1], 4))])
+        lambda v, what=what: [(f"{what}: seconds", sig(v[0])), (f"{what}: mAP (sanity)", sig(v[1]))])
 
     print(f"\n| section | what | value |\n|---|---|---|")
     for r in rows:
