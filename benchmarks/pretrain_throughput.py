@@ -1,9 +1,9 @@
-"""Pre-training throughput: augmentation images/s per core (ours vs torchvision-PIL DINO, same
-run), training images/s (each image = 2 global + L local crops) and the share of step time spent
+"""Pre-training throughput: augmentation images/s per core (the worker half, both halves per
+image, torchvision-PIL DINO, and the batched per-pixel half; same run), training images/s (each image = 2 global + L local crops) and the share of step time spent
 in the loss, on CPU; on a GPU (when present) bf16 images/s for resnet50_ibn.
 
     .venv/bin/python benchmarks/pretrain_throughput.py [--archs resnet50_ibn,vit_small]
-        [--batch 4] [--local-crops 8] [--steps 2] [--aug-images 40] [--quick]
+        [--batch 4] [--local-crops 8] [--steps 2] [--aug-images 40] [--aug-rounds 3] [--quick]
 
 ``--quick`` uses 128x64 / 64x32 crops and 2 local crops (a fast smoke run). Timings on a shared
 machine are disturbed by other processes; the two augmentation pipelines are measured
@@ -37,37 +37,105 @@ def _jpegs(n: int, size=(384, 192), seed=0):
     return out
 
 
-def bench_augment(n_images: int, gsize, lsize, local_crops: int, rounds: int = 3) -> dict:
+def bench_augment(n_images: int, gsize, lsize, local_crops: int, rounds: int = 3,
+                  batch_threads: int = 2) -> dict:
+    """images/s of the augmentation pipelines on the same JPEGs, interleaved (same load).
+
+    ``worker half``: decode + crop/resize/flip + parameter draws (uint8 out), what a DataLoader
+    worker does now; ``both halves per image``: that plus the per-pixel half on the CPU for one
+    image (same views as the former code); ``former``: the code before the split (frozen copy
+    in tests/multicrop_reference.py); ``torchvision``: DINO's PIL pipeline;
+    ``per-pixel batched``: the per-pixel half alone over all views of ``n_images`` images at
+    once on the CPU, with 1 and ``batch_threads`` threads.
+    """
     import torch
     from PIL import Image
 
-    from cion.data.transforms import MultiCropAugment, MultiCropConfig, torchvision_multicrop
+    from cion.data.transforms import (MultiCropAugment, MultiCropConfig, finish_views,
+                                      torchvision_multicrop)
 
     torch.set_num_threads(1)
     cfg = MultiCropConfig(global_size=gsize, local_size=lsize, local_crops=local_crops)
     ours, ref = MultiCropAugment(cfg), torchvision_multicrop(cfg)
     data = _jpegs(n_images, (int(gsize[0] * 1.5), int(gsize[1] * 1.5)))
 
-    def run_ours():
+    def decode(b):
+        img = Image.open(io.BytesIO(b))
+        img.draft("RGB", (2 * gsize[1], 2 * gsize[0]))
+        return img.convert("RGB")
+
+    def run_worker():
+        return [ours.crops(decode(b), i) for i, b in enumerate(data)]
+
+    def run_both():
         for i, b in enumerate(data):
-            img = Image.open(io.BytesIO(b))
-            img.draft("RGB", (2 * gsize[1], 2 * gsize[0]))
-            ours(img.convert("RGB"), i)
+            ours(decode(b), i)
 
     def run_ref():
         for b in data:
             ref(Image.open(io.BytesIO(b)).convert("RGB"))
 
-    times = {"ours": [], "torchvision": []}
-    run_ours(), run_ref()                     # warm-up
-    for _ in range(rounds):                   # interleaved: both see the same machine load
-        for name, fn in (("ours", run_ours), ("torchvision", run_ref)):
-            t = time.perf_counter()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from multicrop_reference import ReferenceMultiCropAugment   # the code before the split
+
+    former = ReferenceMultiCropAugment(cfg)
+
+    def run_former():
+        for i, b in enumerate(data):
+            former(decode(b), i)
+
+    made = run_worker()
+    batch = [torch.stack([getattr(v, f) for v in made]) for f in made[0]._fields]
+    cpu = torch.device("cpu")
+
+    def per_pixel(threads):
+        def run():
+            torch.set_num_threads(threads)
+            finish_views(ours.photometric, batch[0], batch[2], cpu)
+            finish_views(ours.photometric, batch[1], batch[3], cpu)
+            torch.set_num_threads(1)
+        return run
+
+    import numpy as np
+
+    from cion.data.transforms import random_resized_boxes
+
+    decoded = [decode(b) for b in data]
+    boxes = []
+    for i, img in enumerate(decoded):     # the boxes a worker would draw (sizes as in crops())
+        rng = np.random.default_rng(i)
+        boxes.append([(gsize, random_resized_boxes(rng, 2, *img.size, cfg.global_scale, cfg.ratio)),
+                      (lsize, random_resized_boxes(rng, local_crops, *img.size, cfg.local_scale,
+                                                   cfg.ratio))])
+
+    def run_decode():
+        for b in data:
+            decode(b)
+
+    def run_resize():
+        for img, groups in zip(decoded, boxes):
+            for (h, w), bx in groups:
+                for box in bx.tolist():
+                    img.resize((w, h), Image.BILINEAR, box=tuple(box))
+
+    fns = {"worker half": run_worker, "- of which JPEG decode": run_decode,
+           "- of which PIL crop + resize (10 calls)": run_resize, "both halves per image": run_both,
+           "former per-image code (6c7065c)": run_former, "torchvision": run_ref,
+           "per-pixel batched, 1 thread": per_pixel(1),
+           f"per-pixel batched, {batch_threads} threads": per_pixel(batch_threads)}
+    wall = {k: [] for k in fns}
+    cpu_s = {k: [] for k in fns}
+    for fn in fns.values():                   # warm-up
+        fn()
+    for _ in range(rounds):                   # interleaved: all see the same machine load
+        for name, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t)
-    res = {k: n_images / min(v) for k, v in times.items()}
-    res["speedup"] = res["ours"] / res["torchvision"]
-    return res
+            wall[name].append(time.perf_counter() - t)
+            cpu_s[name].append(time.process_time() - c)
+    # per core: images per second of this process's CPU time (robust to other jobs taking
+    # the core meanwhile); wall: images per elapsed second (the multi-threaded row's figure)
+    return {k: (n_images / min(cpu_s[k]), n_images / min(wall[k])) for k in fns}
 
 
 def bench_train(arch: str, batch: int, gsize, lsize, local_crops: int, steps: int, device: str,
@@ -132,6 +200,7 @@ def main() -> None:
     ap.add_argument("--local-crops", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--aug-images", type=int, default=40)
+    ap.add_argument("--aug-rounds", type=int, default=3, help="timed rounds (the best counts)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gpu-batch", type=int, default=128)
@@ -142,10 +211,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} default threads")
     print(f"\n## augmentation, 1 thread, 2 x {gsize[0]}x{gsize[1]} + {L} x {lsize[0]}x{lsize[1]} "
           f"from {int(gsize[0] * 1.5)}x{int(gsize[1] * 1.5)} JPEGs")
-    aug = bench_augment(args.aug_images, gsize, lsize, L)
-    print("| pipeline | images/s per core |\n|---|---|")
-    print(f"| cion MultiCropAugment | {aug['ours']:.1f} |\n| torchvision-PIL (DINO) | "
-          f"{aug['torchvision']:.1f} |\nspeed-up: {aug['speedup']:.2f}x")
+    aug = bench_augment(args.aug_images, gsize, lsize, L, rounds=args.aug_rounds,
+                        batch_threads=args.threads)
+    base = aug["former per-image code (6c7065c)"][0]
+    print("| pipeline | images/s per core (CPU time) | images/s (wall) | per core vs the former "
+          "per-image code |\n|---|---|---|---|")
+    for name, (per_core, per_wall) in aug.items():
+        print(f"| {name} | {per_core:.1f} | {per_wall:.1f} | {per_core / base:.2f}x |")
+    print(f"(worker half = what a DataLoader worker does now; a node with C loader cores feeds "
+          f"~{aug['worker half'][0]:.0f} x C images/s; the per-pixel half runs on the GPU)")
 
     torch.set_num_threads(args.threads)
     print(f"\n## training step on CPU ({args.threads} threads, fp32, out_dim 65536, batch {args.batch}, "

@@ -9,13 +9,16 @@ p 0.2 on global 2; ImageNet mean/std. Optional, off by default (not in DINO's se
 white-balance jitter, each channel scaled by ``exp(U(-gain_jitter, gain_jitter))`` with
 probability ``gain_p``, before the colour jitter.
 
-Why it is faster than the torchvision-PIL pipeline of DINO (measured in
-``benchmarks/pretrain_throughput.py``): the image is decoded once (with JPEG draft decoding when
-it is much larger than needed); each crop is cut and resized by one PIL call
-(``Image.resize(box=...)``) and flipped in PIL; colour jitter and grayscale are per-crop 3x3
-colour matrices applied to all crops of one size by batched matrix products
-(:func:`colour_jitter`), instead of four PIL passes (two of them through HSV) per crop; the
-blur is one separable grouped convolution over all blurred crops of one size.
+Two halves (docs/gpu.md): :meth:`MultiCropAugment.crops` runs in the DataLoader workers: the
+image is decoded once (JPEG draft decoding when it is much larger than needed), each crop is
+cut and resized by one PIL call (``Image.resize(box=...)``) and flipped, and the result is
+uint8 with one row of per-view parameters holding every other random draw;
+:class:`cion.data.photometric.PhotometricAugment` then applies white-balance gain, colour
+jitter + grayscale (per-view 3x3 colour matrices, batched matrix products), Gaussian blur (one
+separable grouped convolution), solarise and normalisation to all views of a batch at once on
+the training device (:func:`finish_views`). ``augment(img, seed)`` runs both halves on the CPU
+for one image. Both are faster than the torchvision-PIL pipeline of DINO
+(``benchmarks/pretrain_throughput.py``).
 
 Randomness: every call takes a 64-bit ``seed`` (given per sample by
 :class:`cion.data.sampler.IdentityBatchSampler`), so the crops of an image depend only on that
@@ -25,12 +28,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from cion.data.photometric import (_GRAY, WIDTH_FIXED, PhotometricAugment, apply_jitter,
+                                   batch_plan, blur_radius, blur_separable, draw_jitter,
+                                   draw_photometric)
 from cion.errors import CionError
 
 from cion.data.imagenet import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
@@ -98,65 +104,24 @@ def random_resized_boxes(rng: np.random.Generator, n: int, width: int, height: i
     return np.stack([x0, y0, x0 + w, y0 + h], axis=1)
 
 
-# ---- batched photometric operations on (N, 3, H, W) float tensors in [0, 1] -----------------
-_GRAY = np.array([0.299, 0.587, 0.114])
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
-
-
+# ---- kept entry points of the per-pixel operations (see cion.data.photometric) ------------
 def colour_jitter(x: torch.Tensor, rng: np.random.Generator, jitter=(0.4, 0.4, 0.2, 0.1),
                   jitter_p: float = 0.8, gray_p: float = 0.2) -> torch.Tensor:
-    """Random colour jitter then random grayscale of ``n`` crops at once, in place.
+    """Random colour jitter then random grayscale of ``n`` crops at once.
 
-    ``x``: (n, 3, P) float pixels in [0, 1] (P = H * W). Each crop is jittered with probability
-    ``jitter_p`` by brightness, contrast, saturation and hue factors drawn like torchvision's
-    ``ColorJitter(*jitter)``, the four applied in a random order (one order per call) with a
-    clamp to [0, 1] after each, like torchvision. Every operation is a per-crop 3x3 colour
-    matrix (contrast adds the crop's mean gray level), so each is one batched matrix product
-    over all crops: brightness ``b x``; contrast ``c x + (1 - c) mean(gray(x))``; saturation
-    ``s x + (1 - s) gray(x)``; hue a rotation by ``2 pi h`` of the chroma plane in YIQ space
-    (torchvision shifts the hue in HSV; the YIQ rotation keeps luma and grays). Grayscale
-    (probability ``gray_p``) replaces the three channels by ``gray(x)``.
+    ``x``: (n, 3, P) float pixels in [0, 1] (P = H * W). The draws and the colour algebra are
+    :func:`cion.data.photometric.draw_jitter`'s (torchvision's ``ColorJitter(*jitter)``
+    factors with probability ``jitter_p``, the four operations in one random order as 3x3
+    colour matrices, a clamp to [0, 1] after each); grayscale (probability ``gray_p``) replaces
+    the three channels by ``gray(x)``.
     """
-    n = x.shape[0]
-    bj, cj, sj, hj = jitter
-    u = rng.random((n, 6))
-    jit = u[:, 0] < jitter_p
-    fb = np.where(jit, 1 - bj + 2 * bj * u[:, 1], 1.0) if bj > 0 else np.ones(n)
-    fc = np.where(jit, 1 - cj + 2 * cj * u[:, 2], 1.0) if cj > 0 else np.ones(n)
-    fs = np.where(jit, 1 - sj + 2 * sj * u[:, 3], 1.0) if sj > 0 else np.ones(n)
-    fh = np.where(jit, -hj + 2 * hj * u[:, 4], 0.0)
-    gray = u[:, 5] < gray_p
-    eye = np.eye(3)
-    gray_rows = np.tile(_GRAY, (3, 1))                                 # x -> gray(x) * (1, 1, 1)
-    active = jit.any()
-    for op in rng.permutation(4):
-        if not active:
-            break
-        off = None
-        if op == 0:                                                    # brightness
-            M = fb[:, None, None] * eye
-        elif op == 1:                                                  # contrast
-            M = fc[:, None, None] * eye
-            mean_gray = (x.mean(dim=2).double().numpy() @ _GRAY)       # (n,) of the current image
-            off = np.repeat(((1 - fc) * mean_gray)[:, None], 3, 1)
-        elif op == 2:                                                  # saturation
-            M = fs[:, None, None] * eye + (1 - fs)[:, None, None] * gray_rows
-        else:                                                          # hue
-            c, s = np.cos(2 * np.pi * fh), np.sin(2 * np.pi * fh)
-            R = np.zeros((n, 3, 3))
-            R[:, 0, 0] = 1
-            R[:, 1, 1], R[:, 1, 2], R[:, 2, 1], R[:, 2, 2] = c, -s, s, c
-            M = _YIQ2RGB @ R @ _RGB2YIQ
-        Mt = torch.from_numpy(M).float()
-        if off is None:
-            x = torch.bmm(Mt, x)
-        else:
-            x = torch.baddbmm(torch.from_numpy(off).float().unsqueeze(2), Mt, x)
-        x.clamp_(0, 1)
+    matrices, contrast, gray = draw_jitter(rng, x.shape[0], jitter, jitter_p, gray_p)
+    m = torch.from_numpy(matrices.transpose(1, 0, 2, 3).copy())
+    x = apply_jitter(x, m, torch.from_numpy(contrast.T.copy()),
+                     tuple(not c.any() for c in contrast))
     if gray.any():
-        sel = torch.from_numpy(gray)
-        x[sel] = (torch.from_numpy(_GRAY).float().view(1, 3, 1) * x[sel]).sum(1, keepdim=True).expand(-1, 3, -1)
+        g = (torch.from_numpy(_GRAY).float().view(1, 3, 1) * x).sum(1, keepdim=True)
+        x = torch.where(torch.from_numpy(gray).view(-1, 1, 1), g.expand_as(x), x)
     return x
 
 
@@ -169,22 +134,35 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     half = max(1, min(int(math.ceil(3.0 * float(sigma.max()))), min(h, w) - 1))
     t = torch.arange(-half, half + 1, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)            # (N*C, 2*half+1)
-    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
-    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
-    return y.view(n, c, h, w)
+    return blur_separable(x, k / k.sum(1, keepdim=True))
+
+
+class MultiCropViews(NamedTuple):
+    """What a DataLoader worker makes of one image: uint8 crops and the parameter rows of
+    their per-pixel augmentation (:func:`cion.data.photometric.draw_photometric`)."""
+    globals_u8: torch.Tensor      # (2, Hg, Wg, 3) uint8, channels last as PIL gives them
+    locals_u8: torch.Tensor       # (L, Hl, Wl, 3) uint8
+    globals_params: torch.Tensor  # (2, K_g) float64
+    locals_params: torch.Tensor   # (L, K_l) float64
 
 
 class MultiCropAugment:
-    """``augment(img, seed) -> (globals (2, 3, Hg, Wg), locals (L, 3, Hl, Wl))`` float32,
-    normalised. ``img`` is a PIL image (any mode) or a path."""
+    """Multi-crop augmentation of one image, in two halves.
+
+    * ``augment.crops(img, seed) -> MultiCropViews``: the CPU half for DataLoader workers:
+      decode (JPEG draft), crop + resize + flip per view, uint8 pixels, and every other random
+      draw of the image as per-view parameter rows.
+    * ``augment.photometric(views, params)``: the per-pixel half
+      (:class:`cion.data.photometric.PhotometricAugment`), batched, on any device.
+    * ``augment(img, seed) -> (globals (2, 3, Hg, Wg), locals (L, 3, Hl, Wl))``: both halves on
+      the CPU for one image, float32, normalised.
+
+    ``img`` is a PIL image (any mode) or a path.
+    """
 
     def __init__(self, cfg: MultiCropConfig | None = None):
         self.cfg = cfg or MultiCropConfig()
-        mean = torch.tensor(self.cfg.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.cfg.std).view(1, 3, 1, 1)
-        self._inv_std, self._shift = 1.0 / std, -mean / std
+        self.photometric = PhotometricAugment(self.cfg.mean, self.cfg.std)
 
     def load(self, path: str) -> Image.Image:
         gh, gw = self.cfg.global_size
@@ -198,75 +176,101 @@ class MultiCropAugment:
                             "manifest or replace the file") from None
 
     def _views(self, img: Image.Image, rng: np.random.Generator, n: int, size: tuple[int, int],
-               scale: tuple[float, float], blur_p: np.ndarray, solarize_p: np.ndarray) -> torch.Tensor:
-        """``n`` augmented views of one size: (n, 3, H, W) float32, normalised.
+               scale: tuple[float, float], blur_p: np.ndarray,
+               solarize_p: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` views of one size: uint8 pixels (n, H, W, 3) and parameter rows (n, K).
 
-        Per crop, in PIL on uint8 (C code): crop + resize in one call, flip. Then for all crops
-        at once, in DINO's order: colour jitter + grayscale (:func:`colour_jitter`), Gaussian
-        blur (:func:`gaussian_blur`, one sigma per crop), solarise, normalise.
+        Per view, in PIL on uint8 (C code): crop + resize in one call
+        (``Image.resize(box=...)``), flip. Draws: crop boxes, flips, then
+        :func:`~cion.data.photometric.draw_photometric`.
         """
         cfg = self.cfg
         h, w = size
         boxes = random_resized_boxes(rng, n, img.size[0], img.size[1], scale, cfg.ratio)
         flip = rng.random(n) < cfg.flip_p
-        blur = rng.random(n) < blur_p
-        sigma = rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n) * cfg.sigma_scale
-        crops = []
-        for i, box in enumerate(boxes.tolist()):   # per crop: one or two C calls
-            c = img.resize((w, h), Image.BILINEAR, box=tuple(box))
-            crops.append(np.asarray(c.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else c))
-        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).reshape(n, 3, h * w).float().div_(255)
-        if cfg.gain_p > 0 and cfg.gain_jitter > 0:   # a camera's white balance: per-channel gain
-            gain = np.exp(rng.uniform(-cfg.gain_jitter, cfg.gain_jitter, (n, 3)))
-            gain[rng.random(n) >= cfg.gain_p] = 1.0
-            x = x.mul_(torch.from_numpy(gain).float().unsqueeze(2)).clamp_(0, 1)
-        x = colour_jitter(x, rng, cfg.jitter, cfg.jitter_p, cfg.gray_p).view(n, 3, h, w)
-        if blur.any():
-            sel = torch.from_numpy(blur)
-            x[sel] = gaussian_blur(x[sel], torch.from_numpy(sigma[blur]).float())
-        sol = rng.random(n) < solarize_p
-        if sol.any():
-            sel = torch.from_numpy(sol)
-            z = x[sel]
-            x[sel] = torch.where(z >= 128 / 255, 1.0 - z, z)
-        return x.mul_(self._inv_std).add_(self._shift)
+        params = draw_photometric(rng, n, size, cfg, blur_p, solarize_p)
+        pixels = np.empty((n, h, w, 3), np.uint8)
+        for i, box in enumerate(boxes.tolist()):   # per crop: one C call, one copy
+            c = np.asarray(img.resize((w, h), Image.BILINEAR, box=tuple(box)))
+            pixels[i] = c[:, ::-1] if flip[i] else c
+        return torch.from_numpy(pixels), torch.from_numpy(params)
 
-    def __call__(self, img, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def crops(self, img, seed: int) -> MultiCropViews:
+        """The worker half for one image; every draw is a function of ``seed`` only."""
         cfg = self.cfg
         if not isinstance(img, Image.Image):
             img = self.load(str(img))
         elif img.mode != "RGB":
             img = img.convert("RGB")
         rng = np.random.default_rng(int(seed))
-        glob = self._views(img, rng, 2, cfg.global_size, cfg.global_scale,
-                           np.array(cfg.blur_p[:2]), np.array([0.0, cfg.solarize_p]))
+        glob, gpar = self._views(img, rng, 2, cfg.global_size, cfg.global_scale,
+                                 np.array(cfg.blur_p[:2]), np.array([0.0, cfg.solarize_p]))
         L = cfg.local_crops
         if L > 0:
-            loc = self._views(img, rng, L, cfg.local_size, cfg.local_scale,
-                              np.full(L, cfg.blur_p[2]), np.zeros(L))
+            loc, lpar = self._views(img, rng, L, cfg.local_size, cfg.local_scale,
+                                    np.full(L, cfg.blur_p[2]), np.zeros(L))
         else:
-            loc = torch.empty(0, 3, *cfg.local_size)
-        return glob, loc
+            radius = blur_radius(cfg.local_size, cfg.blur_sigma, cfg.sigma_scale)
+            loc = torch.empty(0, *cfg.local_size, 3, dtype=torch.uint8)
+            lpar = torch.empty(0, WIDTH_FIXED + 2 * radius + 1, dtype=torch.float64)
+        return MultiCropViews(glob, loc, gpar, lpar)
+
+    def __call__(self, img, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.crops(img, seed)
+        return self.photometric(v.globals_u8, v.globals_params), \
+            self.photometric(v.locals_u8, v.locals_params)
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
     """Dataset over image paths, indexed by the sampler's ``(row, aug_seed, label)`` items.
 
-    ``dataset[(row, seed, label)]`` -> ``(globals, locals, label)``; default collation stacks
-    them into (B, 2, 3, Hg, Wg), (B, L, 3, Hl, Wl) and (B,).
+    ``dataset[(row, seed, label)]`` -> ``(globals, locals, label)`` float32 views (both halves
+    of the augmentation in the worker); default collation stacks them into (B, 2, 3, Hg, Wg),
+    (B, L, 3, Hl, Wl) and (B,). With ``uint8=True`` the worker runs only its half and returns
+    ``(globals_u8, locals_u8, globals_params, locals_params, label)``: finish the batch with
+    :func:`finish_views` on the training device.
     """
 
-    def __init__(self, paths: list[str], augment: MultiCropAugment):
+    def __init__(self, paths: list[str], augment: MultiCropAugment, uint8: bool = False):
         self.paths = list(paths)
         self.augment = augment
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, item):
         row, seed, label = item
-        glob, loc = self.augment(self.augment.load(self.paths[row]), seed)
+        img = self.augment.load(self.paths[row])
+        if self.uint8:
+            return (*self.augment.crops(img, seed), label)
+        glob, loc = self.augment(img, seed)
         return glob, loc, label
+
+
+def finish_views(photometric: PhotometricAugment, pixels: torch.Tensor, params: torch.Tensor,
+                 device: torch.device, out_device: torch.device | None = None) -> list[torch.Tensor]:
+    """The per-pixel half for a collated batch: views as a list of (B, 3, H, W) float32.
+
+    ``pixels``: (B, V, H, W, 3) uint8 and ``params``: (B, V, K) float64, as the DataLoader
+    gives them (pinned when it pins memory); both cross to ``device`` without blocking, all
+    B x V views are augmented at once there, and the result goes to ``out_device`` (default
+    ``device``). Each returned view is contiguous.
+    """
+    b, v = pixels.shape[:2]
+    if v == 0:
+        return []
+    x = pixels.to(device, non_blocking=True).transpose(0, 1).reshape(v * b, *pixels.shape[2:])
+    if device.type == "cpu":
+        views = photometric(x, params.transpose(0, 1).reshape(v * b, -1))
+    else:   # plan on the host copy (no device sync), compute on the device
+        plan = batch_plan(params.transpose(0, 1).reshape(v * b, -1))
+        p = params.to(device, non_blocking=True).transpose(0, 1).reshape(v * b, -1)
+        views = photometric(x, p, plan)
+    views = views.contiguous().view(v, b, 3, *pixels.shape[2:4])
+    if out_device is not None and torch.device(out_device) != views.device:
+        views = views.to(out_device, non_blocking=True)
+    return list(views.unbind(0))
 
 
 def torchvision_multicrop(cfg: MultiCropConfig | None = None):

@@ -62,6 +62,7 @@ class PretrainConfig:
     precision: str = "auto"               # auto | fp32 | bf16 | fp16  (auto: bf16 on GPU, fp32 on CPU)
     channels_last: str = "auto"           # auto (CNNs on GPU) | true | false
     device: str = "auto"                  # auto | cpu | cuda
+    augment_device: str = "auto"          # per-pixel augmentation: auto (= device) | cpu | cuda
     num_workers: int = 4
     seed: int = 0
     max_steps: Optional[int] = None       # stop after this many optimiser steps in total
@@ -73,7 +74,7 @@ class PretrainConfig:
 
     # fields that may differ between a run and its resumption
     RESUME_FREE = ("max_steps", "num_workers", "checkpoint_every", "log_every", "tensorboard",
-                   "collapse_patience", "device")
+                   "collapse_patience", "device", "augment_device")
 
     def __post_init__(self):
         for f in fields(self):   # YAML reads 8e-3 (no dot) as a string: accept it as a number
@@ -96,6 +97,8 @@ class PretrainConfig:
         if bad:
             raise CionError(f"augment: unknown option(s) {bad}; known: {sorted(allowed)}")
         self.augment = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.augment.items()}
+        if self.augment_device not in ("auto", "cpu", "cuda"):
+            raise CionError(f"augment_device must be auto, cpu or cuda (got '{self.augment_device}')")
         if self.centering not in ("mean", "sinkhorn"):
             raise CionError(f"centering must be mean or sinkhorn (got '{self.centering}')")
         if str(self.channels_last).lower() not in ("auto", "true", "false"):

@@ -38,6 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-GPU copy that does not block the host (pinned first: truly asynchronous)."""
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def group_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Map identity labels (B,) to dense group ids (B,) in [0, n_groups) and group sizes."""
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
@@ -52,14 +59,17 @@ def identity_dino_loss_sum(student_logp: torch.Tensor, teacher_p: torch.Tensor,
         student_logp: (V, B, D) student log-probabilities, views in order (globals first).
         teacher_p: (G, B, D) teacher probabilities of the G global views (G <= V; teacher
             view g is the same crop as student view g).
-        labels: (B,) identity labels (any integers).
+        labels: (B,) identity labels (any integers), best on the CPU (grouping them is a
+            host-side ``torch.unique``; on an accelerator it would wait for the device).
 
     Returns:
         scalar: ``sum_{b, g} (1 / n_b) sum_partners H``; divide by ``G * B`` for the mean.
     """
     n_views, batch, dim = student_logp.shape
     n_teacher = teacher_p.shape[0]
-    group, sizes = group_index(labels)
+    group, sizes = group_index(labels)     # labels on the CPU: no device sync for torch.unique
+    group = _to_device_async(group, student_logp.device)
+    sizes = _to_device_async(sizes, student_logp.device)
     n_groups = sizes.numel()
     partners = (n_views * sizes - 1).to(student_logp.dtype)                     # (n_groups,)
     s_group = student_logp.new_zeros(n_groups, dim).index_add_(0, group, student_logp.sum(0))
@@ -90,7 +100,7 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, iters: int
     logits = teacher_logits.float() / teacher_temp
     shift = dist.all_reduce_max(logits.max().reshape(1))
     q = torch.exp(logits - shift).T                                   # (D, N)
-    n_total = dist.all_reduce_sum(q.new_tensor([q.shape[1]]))
+    n_total = dist.all_reduce_sum(torch.full((1,), float(q.shape[1]), device=q.device))
     q /= dist.all_reduce_sum(q.sum().reshape(1))
     dim = q.shape[0]
     for _ in range(iters):
@@ -151,8 +161,8 @@ class IdentityDINOLoss(nn.Module):
         local_sum = identity_dino_loss_sum(student_logp, teacher_p, labels)
         with torch.no_grad():
             ent = -(teacher_p * torch.log(teacher_p.clamp_min(1e-30))).sum(-1).sum()
-            counts = torch.tensor([float(teacher_p.shape[0] * batch), local_sum.item(), ent.item()],
-                                  device=student_out.device)
+            n_local = torch.full((), float(teacher_p.shape[0] * batch), device=local_sum.device)
+            counts = torch.stack([n_local, local_sum.detach(), ent])   # stays on the device
             counts = dist.all_reduce_sum(counts)
         n_total = counts[0]
         # DDP averages gradients over ranks: multiply by the world size so the averaged

@@ -1,8 +1,13 @@
 """The pre-training loop: identity-guided self-distillation (CION) of any ReIDZoo backbone.
 
-Read it like DINO's ``train_one_epoch``: per step, evaluate the schedules, run the teacher on
-the two global views and the student on all views, compute the identity-guided loss, step the
+Read it like DINO's ``main_dino.py``: :func:`setup_run` builds the data pipeline, networks,
+loss and optimiser; :func:`restore` loads a checkpoint; :func:`train_one_epoch` runs the steps:
+evaluate the schedules, finish the batch's views on the augmentation device (the DataLoader
+workers send uint8 crops, :func:`cion.data.transforms.finish_views`), run the teacher on the two
+global views and the student on all views, compute the identity-guided loss (Eq. 9), step the
 optimiser (gradients unscaled before clipping), update the teacher by EMA, log, checkpoint.
+A step makes no host round-trip: its statistics stay device tensors until the log step
+(``log_every``), where one transfer brings them, and the NaN check, to the host (docs/gpu.md).
 
     from cion.pretrain import PretrainConfig, pretrain
     result = pretrain("identities.parquet", PretrainConfig(arch="resnet50_ibn"), "runs/r50")
@@ -203,7 +208,269 @@ class MetricsLog:
             self.tb.close()
 
 
-# ---- the run -----------------------------------------------------------------------------------
+# ---- the run: setup, restore, one epoch -----------------------------------------------------
+def resolve_augment_device(name: str, device: torch.device) -> torch.device:
+    """Where the per-pixel half of the augmentation runs: ``auto`` = the training device."""
+    if name == "auto":
+        return device
+    if name == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise CionError(f"augment_device {name} needs training on a CUDA GPU (this run trains on "
+                        f"{device}). Fix: set augment_device auto or cpu")
+    return device
+
+
+@dataclass
+class Run:
+    """Everything one pre-training run holds; made by :func:`setup_run`, advanced by
+    :func:`train_one_epoch`. ``epoch``, ``step_in_epoch`` and ``global_step`` are the position
+    of the next step."""
+    cfg: PretrainConfig
+    info: dist.DistInfo
+    out: Path
+    log: Callable[[str], None]
+    precision: str
+    sampler: object
+    loader: torch.utils.data.DataLoader
+    augment: object                    # MultiCropAugment: .photometric is the per-pixel half
+    augment_device: torch.device
+    student: MultiCropNet
+    student_ddp: nn.Module
+    teacher: MultiCropNet
+    loss_fn: IdentityDINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    monitor: CollapseMonitor
+    autocast: object
+    net_info: dict
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+
+def setup_run(data, cfg: PretrainConfig, out: Path, log: Callable[[str], None] | None) -> Run:
+    """Processes, data pipeline, networks, loss and optimiser of a fresh run (not restored)."""
+    dev_name = None if cfg.device == "auto" else cfg.device
+    info = dist.init(dev_name)
+    device = info.device
+    if log is None:
+        from rich.console import Console
+        console = Console(stderr=True)
+        log = (lambda msg: console.print(f"[pretrain] {msg}", highlight=False)) if info.is_main \
+            else (lambda msg: None)
+    precision = resolve_precision(cfg.precision, device)
+    augment_device = resolve_augment_device(cfg.augment_device, device)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from cion.data.sampler import IdentityBatchSampler
+    from cion.data.transforms import MultiCropAugment, MultiCropConfig, MultiCropDataset
+
+    df, paths, labels = _labels_and_paths(data)
+    sampler = IdentityBatchSampler(labels, cfg.batch_size, cfg.curriculum, cfg.seed,
+                                   rank=info.rank, world_size=info.world_size)
+    augment = MultiCropAugment(MultiCropConfig(
+        global_size=cfg.global_size, local_size=cfg.local_size, local_crops=cfg.local_crops,
+        global_scale=cfg.global_scale, local_scale=cfg.local_scale, **cfg.augment))
+    if np.bincount(np.unique(labels[labels >= 0], return_counts=True)[1]).argmax() == 1 \
+            and min(k for _, k in cfg.curriculum) > 1:
+        log("most identities have one image: each is repeated K times per batch; for "
+            "instance-level DINO set curriculum: [[0, 1]]")
+    # workers: decode + crop + flip, uint8 (a quarter of float32's bytes to copy); the
+    # per-pixel half runs batched on augment_device (see finish_views)
+    loader = torch.utils.data.DataLoader(
+        MultiCropDataset(paths, augment, uint8=True), batch_sampler=sampler,
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0, worker_init_fn=_worker_init,
+        generator=torch.Generator())  # own generator: keep global RNG untouched
+
+    student, teacher, net_info = build_networks(cfg, device, info)
+    if info.world_size > 1 and dist.has_batchnorm(student) and not net_info["sync_bn"]:
+        log("BatchNorm statistics stay per process on CPU (SyncBatchNorm is GPU-only)")
+    loss_fn = IdentityDINOLoss(cfg.out_dim, 2, cfg.student_temp, cfg.center_momentum,
+                               cfg.centering).to(device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                if precision in ("bf16", "fp16") else contextlib.nullcontext())
+    return Run(cfg=cfg, info=info, out=out, log=log, precision=precision, sampler=sampler,
+               loader=loader, augment=augment, augment_device=augment_device,
+               student=student, student_ddp=dist.wrap_ddp(student, info), teacher=teacher,
+               loss_fn=loss_fn, optimizer=torch.optim.AdamW(param_groups(student), lr=cfg.lr),
+               scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
+               monitor=CollapseMonitor(cfg.out_dim, cfg.collapse_patience), autocast=autocast,
+               net_info=net_info)
+
+
+def restore(run: Run, state: dict | None) -> None:
+    """Load a checkpoint's state into ``run`` (or seed the per-rank stream of a fresh run)."""
+    info = run.info
+    if state is None:
+        torch.manual_seed(run.cfg.seed + 7919 * (info.rank + 1))  # per-rank stream (dropout etc.)
+        return
+    run.student.load_state_dict(state["student"])
+    run.teacher.load_state_dict(state["teacher"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.loss_fn.center.copy_(state["center"].to(run.device))
+    run.monitor.load_state_dict(state["monitor"])
+    run.sampler.load_state_dict(state["sampler"])
+    run.epoch, run.step_in_epoch = state["sampler"]["epoch"], state["sampler"]["step"]
+    run.global_step = int(state["global_step"])
+    rngs = state["rng"]
+    if len(rngs) == info.world_size:
+        set_rng_state(rngs[info.rank])
+    else:
+        run.log(f"checkpoint has RNG states of {len(rngs)} processes, this run has "
+                f"{info.world_size}: model RNG (dropout) is not restored exactly")
+    run.log(f"resuming from {run.checkpoint_path}: epoch {run.epoch}, step {run.step_in_epoch}, "
+            f"{run.global_step} steps done")
+
+
+def _check_resumable(cfg: PretrainConfig, ckpt_path: Path) -> dict | None:
+    state = load_training_state(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        saved = PretrainConfig.from_dict(state["config"], str(ckpt_path))
+        diff = cfg.differences(saved)
+        if diff:
+            raise CionError(f"{ckpt_path}: this run directory was started with different options "
+                            f"({', '.join(f'{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}' for k in diff)}). "
+                            "Fix: repeat the original options to resume, or use a new --out")
+    return state
+
+
+def save_run(run: Run, next_epoch: int, next_step: int) -> None:
+    """Checkpoint ``run`` (rank 0 writes; every rank contributes its RNG state)."""
+    rngs = dist.all_gather_object(rng_state())
+    if run.info.is_main:
+        save_training_state({
+            "config": run.cfg.to_dict(), "global_step": run.global_step,
+            "world_size": run.info.world_size,
+            "sampler": dict(run.sampler.state_dict(), epoch=next_epoch, step=next_step),
+            "student": run.student.state_dict(), "teacher": run.teacher.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+            "center": run.loss_fn.center.detach().cpu(), "monitor": run.monitor.state_dict(),
+            "rng": rngs}, run.checkpoint_path)
+    dist.barrier()
+
+
+def export_backbone(run: Run) -> Path:
+    path = run.out / "backbone.safetensors"
+    if run.info.is_main:
+        save_backbone(run.teacher.backbone, path, {"arch": run.cfg.arch, "step": run.global_step,
+                                                   "source": "cion pretrain (teacher)"})
+    return path
+
+
+class PendingLosses:
+    """Per-step losses kept on the device until a host round-trip is due anyway (a log line,
+    a checkpoint): then one transfer checks them all for NaN / inf."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.values: list[torch.Tensor] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.values.append(loss.detach())
+
+    def check(self) -> None:
+        if not self.values:
+            return
+        values = torch.stack(self.values).tolist()
+        steps, self.steps, self.values = self.steps, [], []
+        for step, v in zip(steps, values):
+            if not math.isfinite(v):
+                raise CionError(f"loss is {v} at step {step}. Fix: lower base_lr, use precision "
+                                "fp32/bf16, or raise clip_grad")
+
+
+def train_one_epoch(run: Run, max_steps: float, metrics: MetricsLog, bar, callbacks,
+                    clock: dict) -> bool:
+    """Steps of epoch ``run.epoch`` from ``run.step_in_epoch`` on (checkpointing on the way,
+    and at the epoch's end); returns True when ``max_steps`` stopped the run.
+
+    Nothing in a step waits for the device: statistics stay 0-d device tensors until a log
+    step (every ``log_every``) or a checkpoint, where they (and the losses since the last
+    check, for the NaN check) come to the host in two small transfers.
+    """
+    cfg, info, sampler, device = run.cfg, run.info, run.sampler, run.device
+    from cion.data.transforms import finish_views
+
+    epoch = run.epoch
+    sampler.set_position(epoch, run.step_in_epoch)
+    steps = sampler.steps_in_epoch(epoch)
+    task = None
+    if bar is not None:
+        if clock.get("task") is not None:      # keep only the current epoch's bar
+            bar.remove_task(clock["task"])
+        task = clock["task"] = bar.add_task(
+            f"epoch {epoch + 1}/{cfg.epochs} K={sampler.k(epoch)}", total=steps,
+            completed=run.step_in_epoch, loss=float("nan"))
+    pending = PendingLosses()
+    stopped = False
+    step = run.step_in_epoch - 1
+    for step, (glob_u8, loc_u8, glob_par, loc_par, ids) in enumerate(run.loader,
+                                                                     start=run.step_in_epoch):
+        sched = schedule_values(cfg, epoch + step / steps)
+        for i, group in enumerate(run.optimizer.param_groups):
+            group["lr"] = sched["lr"]
+            if i == 0:
+                group["weight_decay"] = sched["weight_decay"]
+        views = (finish_views(run.augment.photometric, glob_u8, glob_par, run.augment_device, device)
+                 + finish_views(run.augment.photometric, loc_u8, loc_par, run.augment_device, device))
+        stats = training_step(run.student, run.student_ddp, run.teacher, run.loss_fn,
+                              run.optimizer, run.scaler, views, ids, sched, cfg.clip_grad,
+                              freeze_last_layer=epoch < cfg.freeze_last_layer,
+                              autocast=run.autocast)   # ids stay on the CPU (see the loss)
+        run.global_step += 1
+        pending.add(run.global_step, stats["loss"])
+        record = {"step": run.global_step, "epoch": epoch, "progress": epoch + (step + 1) / steps,
+                  "k": sampler.k(epoch), **stats, **sched}        # stats: 0-d device tensors
+        clock["images"] += ids.numel() * info.world_size
+        for cb in callbacks:
+            cb(record)
+        last = step + 1 == steps or run.global_step >= max_steps
+        if run.global_step % cfg.log_every == 0 or run.global_step == 1 or last:
+            pending.check()
+            values = torch.stack([stats[k].detach().float() for k in stats]).tolist()
+            record = dict(record, **dict(zip(stats, values)))   # host round-trip of a log step
+            now = time.perf_counter()
+            record["images_per_s"] = clock["images"] / max(now - clock["t"], 1e-9)
+            clock["t"], clock["images"] = now, 0
+            run.history.append(record)
+            metrics.write(record)
+            warning = run.monitor.update(record["teacher_entropy"], record["batch_entropy"],
+                                         record["kl"])
+            if warning:
+                run.log(f"WARNING: {warning}")
+            if bar is not None:
+                bar.update(task, loss=record["loss"])
+        if bar is not None:
+            bar.update(task, advance=1)
+        stopped = run.global_step >= max_steps
+        if step + 1 < steps and (run.global_step % cfg.checkpoint_every == 0 or stopped):
+            pending.check()
+            save_run(run, epoch, step + 1)
+        if stopped:
+            break
+    pending.check()
+    if step + 1 >= steps:      # epoch finished
+        run.epoch, run.step_in_epoch = epoch + 1, 0
+        save_run(run, run.epoch, 0)
+        export_backbone(run)
+    else:
+        run.step_in_epoch = step + 1
+    return stopped
+
+
 def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathLike, *,
              progress: bool = True, callbacks: Iterable[Callable[[dict], None]] = (),
              log: Callable[[str], None] | None = None) -> PretrainResult:
@@ -219,7 +486,9 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
             metrics.jsonl, tensorboard/, config.json.
         progress: show a rich progress bar (rank 0).
         callbacks: functions called after every optimiser step with a dict of the step's
-            metrics (``step``, ``epoch``, ``loss`` ...).
+            metrics (``step``, ``epoch``, ``loss`` ...). Its loss statistics are 0-d tensors
+            on the training device (formatting or ``float()`` reads one: a host sync, so read
+            them only now and then); ``result.history`` and metrics.jsonl hold floats.
         log: function for one-line messages (default: rich console on rank 0).
 
     Returns:
@@ -227,189 +496,40 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     """
     cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(dict(config or {}))
     out = Path(out_dir)
-    dev_name = None if cfg.device == "auto" else cfg.device
-    info = dist.init(dev_name)
-    device = info.device
-    console = None
-    if log is None:
-        from rich.console import Console
-        console = Console(stderr=True)
-        log = (lambda msg: console.print(f"[pretrain] {msg}", highlight=False)) if info.is_main \
-            else (lambda msg: None)
-    precision = resolve_precision(cfg.precision, device)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-
-    # -- resume? --
-    state = load_training_state(ckpt_path) if ckpt_path.exists() else None
-    if state is not None:
-        saved = PretrainConfig.from_dict(state["config"], str(ckpt_path))
-        diff = cfg.differences(saved)
-        if diff:
-            raise CionError(f"{ckpt_path}: this run directory was started with different options "
-                            f"({', '.join(f'{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}' for k in diff)}). "
-                            "Fix: repeat the original options to resume, or use a new --out")
-
-    # -- data --
-    from cion.data.sampler import IdentityBatchSampler
-    from cion.data.transforms import MultiCropAugment, MultiCropConfig, MultiCropDataset
-
-    df, paths, labels = _labels_and_paths(data)
-    sampler = IdentityBatchSampler(labels, cfg.batch_size, cfg.curriculum, cfg.seed,
-                                   rank=info.rank, world_size=info.world_size)
-    augment = MultiCropAugment(MultiCropConfig(
-        global_size=cfg.global_size, local_size=cfg.local_size, local_crops=cfg.local_crops,
-        global_scale=cfg.global_scale, local_scale=cfg.local_scale, **cfg.augment))
-    if np.bincount(np.unique(labels[labels >= 0], return_counts=True)[1]).argmax() == 1 \
-            and min(k for _, k in cfg.curriculum) > 1:
-        log("most identities have one image: each is repeated K times per batch; for "
-            "instance-level DINO set curriculum: [[0, 1]]")
-
-    # -- networks, loss, optimiser --
-    student, teacher, net_info = build_networks(cfg, device, info)
-    if info.world_size > 1 and dist.has_batchnorm(student) and not net_info["sync_bn"]:
-        log("BatchNorm statistics stay per process on CPU (SyncBatchNorm is GPU-only)")
-    student_ddp = dist.wrap_ddp(student, info)
-    loss_fn = IdentityDINOLoss(cfg.out_dim, 2, cfg.student_temp, cfg.center_momentum,
-                               cfg.centering).to(device)
-    optimizer = torch.optim.AdamW(param_groups(student), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    monitor = CollapseMonitor(cfg.out_dim, cfg.collapse_patience)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision in ("bf16", "fp16") else contextlib.nullcontext())
-
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    if state is not None:
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        loss_fn.center.copy_(state["center"].to(device))
-        monitor.load_state_dict(state["monitor"])
-        sampler.load_state_dict(state["sampler"])
-        epoch, step_in_epoch = state["sampler"]["epoch"], state["sampler"]["step"]
-        global_step = int(state["global_step"])
-        rngs = state["rng"]
-        if len(rngs) == info.world_size:
-            set_rng_state(rngs[info.rank])
-        else:
-            log(f"checkpoint has RNG states of {len(rngs)} processes, this run has "
-                f"{info.world_size}: model RNG (dropout) is not restored exactly")
-        log(f"resuming from {ckpt_path}: epoch {epoch}, step {step_in_epoch}, "
-            f"{global_step} steps done")
-    else:
-        torch.manual_seed(cfg.seed + 7919 * (info.rank + 1))  # per-rank stream (dropout etc.)
+    state = _check_resumable(cfg, out / "checkpoint.pt")
+    run = setup_run(data, cfg, out, log)
+    restore(run, state)
+    info = run.info
     if info.is_main:
-        (out / "config.json").write_text(json.dumps(dict(cfg.to_dict(), precision_used=precision,
-                                                        world_size=info.world_size, **net_info),
-                                                   indent=2))
-    metrics = MetricsLog(out, info.is_main, cfg.tensorboard, global_step)
+        (out / "config.json").write_text(json.dumps(dict(
+            cfg.to_dict(), precision_used=run.precision, world_size=info.world_size,
+            augment_device_used=str(run.augment_device), **run.net_info), indent=2))
+    metrics = MetricsLog(out, info.is_main, cfg.tensorboard, run.global_step)
 
-    loader = torch.utils.data.DataLoader(
-        MultiCropDataset(paths, augment), batch_sampler=sampler, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
-        worker_init_fn=_worker_init, generator=torch.Generator())  # own generator: keep global RNG untouched
-
-    def checkpoint(next_epoch: int, next_step: int) -> None:
-        rngs = dist.all_gather_object(rng_state())
-        if info.is_main:
-            save_training_state({
-                "config": cfg.to_dict(), "global_step": global_step, "world_size": info.world_size,
-                "sampler": dict(sampler.state_dict(), epoch=next_epoch, step=next_step),
-                "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "center": loss_fn.center.detach().cpu(), "monitor": monitor.state_dict(),
-                "rng": rngs}, ckpt_path)
-        dist.barrier()
-
-    def export_backbone() -> Path:
-        path = out / "backbone.safetensors"
-        if info.is_main:
-            save_backbone(teacher.backbone, path, {"arch": cfg.arch, "step": global_step,
-                                                   "source": "cion pretrain (teacher)"})
-        return path
-
-    history: list[dict] = []
     max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
     bar = _progress(progress and info.is_main)
-    task = None
-    stopped = global_step >= max_steps
-    t_last, n_last = time.perf_counter(), 0
-    student.train()
-    teacher.train()  # DINO: BatchNorm of the teacher uses batch statistics
+    stopped = run.global_step >= max_steps
+    clock = {"t": time.perf_counter(), "images": 0}
+    run.student.train()
+    run.teacher.train()  # DINO: BatchNorm of the teacher uses batch statistics
     try:
         with (bar if bar is not None else contextlib.nullcontext()):
-            while epoch < cfg.epochs and not stopped:
-                sampler.set_position(epoch, step_in_epoch)
-                steps = sampler.steps_in_epoch(epoch)
-                if bar is not None:
-                    if task is not None:
-                        bar.remove_task(task)
-                    task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} K={sampler.k(epoch)}",
-                                        total=steps, completed=step_in_epoch, loss=float("nan"))
-                step = step_in_epoch - 1
-                for step, (glob, loc, ids) in enumerate(loader, start=step_in_epoch):
-                    sched = schedule_values(cfg, epoch + step / steps)
-                    for i, group in enumerate(optimizer.param_groups):
-                        group["lr"] = sched["lr"]
-                        if i == 0:
-                            group["weight_decay"] = sched["weight_decay"]
-                    glob = glob.to(device, non_blocking=True)
-                    loc = loc.to(device, non_blocking=True)
-                    ids = ids.to(device)
-                    views = list(glob.unbind(1)) + list(loc.unbind(1))
-
-                    stats = training_step(student, student_ddp, teacher, loss_fn, optimizer,
-                                          scaler, views, ids, sched, cfg.clip_grad,
-                                          freeze_last_layer=epoch < cfg.freeze_last_layer,
-                                          autocast=autocast)
-                    if not torch.isfinite(stats["loss"]):
-                        raise CionError(f"loss is {stats['loss'].item()} at step {global_step}. Fix: "
-                                        "lower base_lr, use precision fp32/bf16, or raise clip_grad")
-                    global_step += 1
-
-                    record = {"step": global_step, "epoch": epoch, "progress": epoch + (step + 1) / steps,
-                              "k": sampler.k(epoch), **{k: float(v) for k, v in stats.items()}, **sched}
-                    n_last += ids.numel() * info.world_size
-                    for cb in callbacks:
-                        cb(record)
-                    last = step + 1 == steps or global_step >= max_steps
-                    if global_step % cfg.log_every == 0 or global_step == 1 or last:
-                        now = time.perf_counter()
-                        record["images_per_s"] = n_last / max(now - t_last, 1e-9)
-                        t_last, n_last = now, 0
-                        history.append(record)
-                        metrics.write(record)
-                        warning = monitor.update(record["teacher_entropy"], record["batch_entropy"],
-                                                 record["kl"])
-                        if warning:
-                            log(f"WARNING: {warning}")
-                    if bar is not None:
-                        bar.update(task, advance=1, loss=record["loss"])
-                    if global_step >= max_steps:
-                        stopped = True
-                    if step + 1 < steps and (global_step % cfg.checkpoint_every == 0 or stopped):
-                        checkpoint(epoch, step + 1)
-                    if stopped:
-                        break
-                if step + 1 >= steps:      # epoch finished
-                    epoch, step_in_epoch = epoch + 1, 0
-                    checkpoint(epoch, 0)
-                    export_backbone()
+            while run.epoch < cfg.epochs and not stopped:
+                stopped = train_one_epoch(run, max_steps, metrics, bar, callbacks, clock)
     finally:
         metrics.close()
-    backbone_path = export_backbone()
+    backbone_path = export_backbone(run)
     dist.barrier()
-    losses = [h["loss"] for h in history]
-    if info.is_main and history:
-        log(f"done: {global_step} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
-            f"teacher backbone: {backbone_path}")
-    return PretrainResult(out_dir=out, backbone=backbone_path, checkpoint=ckpt_path,
+    losses = [h["loss"] for h in run.history]
+    if info.is_main and run.history:
+        run.log(f"done: {run.global_step} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
+                f"teacher backbone: {backbone_path}")
+    return PretrainResult(out_dir=out, backbone=backbone_path, checkpoint=run.checkpoint_path,
                           metrics=out / "metrics.jsonl", config=out / "config.json",
-                          steps=global_step, epoch=epoch,
+                          steps=run.global_step, epoch=run.epoch,
                           first_loss=losses[0] if losses else None,
                           last_loss=losses[-1] if losses else None,
-                          collapsed=monitor.warned, history=history)
+                          collapsed=run.monitor.warned, history=run.history)
 
 
 def _progress(enabled: bool):

@@ -67,6 +67,7 @@ clip_grad: 3.0
 freeze_last_layer: 1
 precision: auto          # bf16 on GPUs that have it, else fp16 + GradScaler; fp32 on CPU
 channels_last: auto      # {'on GPU (CNN)' if info['channels_last'] else 'off (transformer)'}
+augment_device: auto     # per-pixel augmentation on the training GPU; workers send uint8 crops
 num_workers: 10
 checkpoint_every: 1000
 log_every: 50

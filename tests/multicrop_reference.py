@@ -1,0 +1,163 @@
+"""Frozen copy of the per-image multi-crop augmentation as it was before the worker / device
+split (commit 6c7065c, ``cion/data/transforms.py``): the reference the split must reproduce.
+Do not edit; it is what "the same views as before" means in tests/test_transforms_split.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cion.data.transforms import MultiCropConfig, random_resized_boxes  # noqa: F401
+from cion.errors import CionError
+
+_GRAY = np.array([0.299, 0.587, 0.114])
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+
+
+def colour_jitter(x: torch.Tensor, rng: np.random.Generator, jitter=(0.4, 0.4, 0.2, 0.1),
+                  jitter_p: float = 0.8, gray_p: float = 0.2) -> torch.Tensor:
+    """Random colour jitter then random grayscale of ``n`` crops at once, in place.
+
+    ``x``: (n, 3, P) float pixels in [0, 1] (P = H * W). Each crop is jittered with probability
+    ``jitter_p`` by brightness, contrast, saturation and hue factors drawn like torchvision's
+    ``ColorJitter(*jitter)``, the four applied in a random order (one order per call) with a
+    clamp to [0, 1] after each, like torchvision. Every operation is a per-crop 3x3 colour
+    matrix (contrast adds the crop's mean gray level), so each is one batched matrix product
+    over all crops: brightness ``b x``; contrast ``c x + (1 - c) mean(gray(x))``; saturation
+    ``s x + (1 - s) gray(x)``; hue a rotation by ``2 pi h`` of the chroma plane in YIQ space
+    (torchvision shifts the hue in HSV; the YIQ rotation keeps luma and grays). Grayscale
+    (probability ``gray_p``) replaces the three channels by ``gray(x)``.
+    """
+    n = x.shape[0]
+    bj, cj, sj, hj = jitter
+    u = rng.random((n, 6))
+    jit = u[:, 0] < jitter_p
+    fb = np.where(jit, 1 - bj + 2 * bj * u[:, 1], 1.0) if bj > 0 else np.ones(n)
+    fc = np.where(jit, 1 - cj + 2 * cj * u[:, 2], 1.0) if cj > 0 else np.ones(n)
+    fs = np.where(jit, 1 - sj + 2 * sj * u[:, 3], 1.0) if sj > 0 else np.ones(n)
+    fh = np.where(jit, -hj + 2 * hj * u[:, 4], 0.0)
+    gray = u[:, 5] < gray_p
+    eye = np.eye(3)
+    gray_rows = np.tile(_GRAY, (3, 1))                                 # x -> gray(x) * (1, 1, 1)
+    active = jit.any()
+    for op in rng.permutation(4):
+        if not active:
+            break
+        off = None
+        if op == 0:                                                    # brightness
+            M = fb[:, None, None] * eye
+        elif op == 1:                                                  # contrast
+            M = fc[:, None, None] * eye
+            mean_gray = (x.mean(dim=2).double().numpy() @ _GRAY)       # (n,) of the current image
+            off = np.repeat(((1 - fc) * mean_gray)[:, None], 3, 1)
+        elif op == 2:                                                  # saturation
+            M = fs[:, None, None] * eye + (1 - fs)[:, None, None] * gray_rows
+        else:                                                          # hue
+            c, s = np.cos(2 * np.pi * fh), np.sin(2 * np.pi * fh)
+            R = np.zeros((n, 3, 3))
+            R[:, 0, 0] = 1
+            R[:, 1, 1], R[:, 1, 2], R[:, 2, 1], R[:, 2, 2] = c, -s, s, c
+            M = _YIQ2RGB @ R @ _RGB2YIQ
+        Mt = torch.from_numpy(M).float()
+        if off is None:
+            x = torch.bmm(Mt, x)
+        else:
+            x = torch.baddbmm(torch.from_numpy(off).float().unsqueeze(2), Mt, x)
+        x.clamp_(0, 1)
+    if gray.any():
+        sel = torch.from_numpy(gray)
+        x[sel] = (torch.from_numpy(_GRAY).float().view(1, 3, 1) * x[sel]).sum(1, keepdim=True).expand(-1, 3, -1)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with one sigma (pixels) per image, reflect pad.
+
+    The kernel spans ``ceil(3 * max(sigma))`` pixels each side (capped by the image size).
+    """
+    n, c, h, w = x.shape
+    half = max(1, min(int(math.ceil(3.0 * float(sigma.max()))), min(h, w) - 1))
+    t = torch.arange(-half, half + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)            # (N*C, 2*half+1)
+    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+class ReferenceMultiCropAugment:
+    """``augment(img, seed) -> (globals (2, 3, Hg, Wg), locals (L, 3, Hl, Wl))`` float32,
+    normalised. ``img`` is a PIL image (any mode) or a path."""
+
+    def __init__(self, cfg: MultiCropConfig | None = None):
+        self.cfg = cfg or MultiCropConfig()
+        mean = torch.tensor(self.cfg.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.std).view(1, 3, 1, 1)
+        self._inv_std, self._shift = 1.0 / std, -mean / std
+
+    def load(self, path: str) -> Image.Image:
+        gh, gw = self.cfg.global_size
+        try:
+            img = Image.open(path)
+            if img.format == "JPEG":
+                img.draft("RGB", (2 * gw, 2 * gh))  # decode at 1/2..1/8 scale when much larger
+            return img.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise CionError(f"{path}: cannot read image ({err}). Fix: remove the row from the "
+                            "manifest or replace the file") from None
+
+    def _views(self, img: Image.Image, rng: np.random.Generator, n: int, size: tuple[int, int],
+               scale: tuple[float, float], blur_p: np.ndarray, solarize_p: np.ndarray) -> torch.Tensor:
+        """``n`` augmented views of one size: (n, 3, H, W) float32, normalised.
+
+        Per crop, in PIL on uint8 (C code): crop + resize in one call, flip. Then for all crops
+        at once, in DINO's order: colour jitter + grayscale (:func:`colour_jitter`), Gaussian
+        blur (:func:`gaussian_blur`, one sigma per crop), solarise, normalise.
+        """
+        cfg = self.cfg
+        h, w = size
+        boxes = random_resized_boxes(rng, n, img.size[0], img.size[1], scale, cfg.ratio)
+        flip = rng.random(n) < cfg.flip_p
+        blur = rng.random(n) < blur_p
+        sigma = rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n) * cfg.sigma_scale
+        crops = []
+        for i, box in enumerate(boxes.tolist()):   # per crop: one or two C calls
+            c = img.resize((w, h), Image.BILINEAR, box=tuple(box))
+            crops.append(np.asarray(c.transpose(Image.FLIP_LEFT_RIGHT) if flip[i] else c))
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).reshape(n, 3, h * w).float().div_(255)
+        if cfg.gain_p > 0 and cfg.gain_jitter > 0:   # a camera's white balance: per-channel gain
+            gain = np.exp(rng.uniform(-cfg.gain_jitter, cfg.gain_jitter, (n, 3)))
+            gain[rng.random(n) >= cfg.gain_p] = 1.0
+            x = x.mul_(torch.from_numpy(gain).float().unsqueeze(2)).clamp_(0, 1)
+        x = colour_jitter(x, rng, cfg.jitter, cfg.jitter_p, cfg.gray_p).view(n, 3, h, w)
+        if blur.any():
+            sel = torch.from_numpy(blur)
+            x[sel] = gaussian_blur(x[sel], torch.from_numpy(sigma[blur]).float())
+        sol = rng.random(n) < solarize_p
+        if sol.any():
+            sel = torch.from_numpy(sol)
+            z = x[sel]
+            x[sel] = torch.where(z >= 128 / 255, 1.0 - z, z)
+        return x.mul_(self._inv_std).add_(self._shift)
+
+    def __call__(self, img, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        if not isinstance(img, Image.Image):
+            img = self.load(str(img))
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+        rng = np.random.default_rng(int(seed))
+        glob = self._views(img, rng, 2, cfg.global_size, cfg.global_scale,
+                           np.array(cfg.blur_p[:2]), np.array([0.0, cfg.solarize_p]))
+        L = cfg.local_crops
+        if L > 0:
+            loc = self._views(img, rng, L, cfg.local_size, cfg.local_scale,
+                              np.full(L, cfg.blur_p[2]), np.zeros(L))
+        else:
+            loc = torch.empty(0, 3, *cfg.local_size)
+        return glob, loc
