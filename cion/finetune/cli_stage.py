@@ -88,4 +88,4 @@ def format_summary(report: dict) -> str:
 def evaluate_hint(report: dict) -> str:
     h, w = report["img_size"]
     return (f"cion evaluate --model {report['backbone']} --dataset {report['reader']} "
-            f"--root {report['data']} --img-size {h}x{w}")
+            f"--data {report['data']} --img-size {h}x{w}")
