@@ -205,7 +205,8 @@ class MetricsLog:
 # ---- the run -----------------------------------------------------------------------------------
 def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathLike, *,
              progress: bool = True, callbacks: Iterable[Callable[[dict], None]] = (),
-             log: Callable[[str], None] | None = None) -> PretrainResult:
+             log: Callable[[str], None] | None = None,
+             max_bad_share: float = 0.01) -> PretrainResult:
     """Pre-train ``config.arch`` on the identities of a manifest; resume if ``out_dir`` has a
     checkpoint.
 
@@ -220,6 +221,9 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
         callbacks: functions called after every optimiser step with a dict of the step's
             metrics (``step``, ``epoch``, ``loss`` ...).
         log: function for one-line messages (default: rich console on rank 0).
+        max_bad_share: unreadable images are replaced by another image of their identity and
+            listed in ``out_dir/bad_images.txt``; past this share of the images the run stops
+            (:mod:`cion.data.images`).
 
     Returns:
         :class:`PretrainResult`.
@@ -251,6 +255,7 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
 
     # -- data --
     from cion.data.sampler import IdentityBatchSampler
+    from cion.data.images import BadImageTally, ReplaceBadImages
     from cion.data.transforms import MultiCropAugment, MultiCropConfig, MultiCropDataset
 
     df, paths, labels = _labels_and_paths(data)
@@ -304,8 +309,12 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
                                                    indent=2))
     metrics = MetricsLog(out, info.is_main, cfg.tensorboard, global_step)
 
+    # an unreadable image is replaced by another of its identity and listed (cion.data.images)
+    bad = BadImageTally(int((labels >= 0).sum()), out / "bad_images.txt", max_share=max_bad_share,
+                        what="pretrain", fresh=state is None and info.is_main)
+    dataset = ReplaceBadImages(MultiCropDataset(paths, augment), labels, cfg.seed, bad, paths)
     loader = torch.utils.data.DataLoader(
-        MultiCropDataset(paths, augment), batch_sampler=sampler, num_workers=cfg.num_workers,
+        dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
         worker_init_fn=_worker_init, generator=torch.Generator())  # own generator: keep global RNG untouched
 
@@ -403,6 +412,9 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     if info.is_main and history:
         log(f"done: {global_step} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
             f"teacher backbone: {backbone_path}")
+    if info.is_main and bad.count:
+        log(f"{bad.count} unreadable image(s) were replaced by other images of their identity; "
+            f"listed in {bad.list_path}")
     return PretrainResult(out_dir=out, backbone=backbone_path, checkpoint=ckpt_path,
                           metrics=out / "metrics.jsonl", config=out / "config.json",
                           steps=global_step, epoch=epoch,
