@@ -237,8 +237,15 @@ def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os
                         f = f + net(torch.flip(x, dims=[3])).float()
                     f = torch.nn.functional.normalize(f, dim=1)
                     failed = [k for k, r in enumerate(reasons) if r]
-                    f = f.cpu().numpy().astype(dtype)
+                    f = f.cpu().numpy()
                     f[failed] = 0
+                    nan = np.flatnonzero(~np.isfinite(f).all(axis=1))
+                    if len(nan):
+                        raise CionError(
+                            f"{model.name} gave NaN/inf features for {len(nan)} image(s) of a "
+                            f"batch, e.g. {paths[int(idx[nan[0]])]}. Fix: check the weights "
+                            "(--checkpoint), or extract in float32 on this device")
+                    f = f.astype(dtype)
                     feats[idx.numpy()] = f
                     for k in failed:
                         record(int(idx[k]), reasons[k])
