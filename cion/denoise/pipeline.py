@@ -135,18 +135,35 @@ def _layout(video, tracklet, n: int):
     return order, tid_pos, tstart, tvideo, vtstart
 
 
+def gram_layout(cnt: np.ndarray, gram_max: int) -> np.ndarray:
+    """(T,) offset of each tracklet's (n x n) Gram matrix in one flat array, -1 for tracklets
+    of one member or of more than ``gram_max`` members (kept out of it)."""
+    small = (cnt >= 2) & (cnt <= gram_max)
+    size = np.where(small, cnt * cnt, 0).astype(np.int64)
+    return np.where(small, np.cumsum(size) - size, -1)
+
+
 def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
-                       block_rows: int = 2048, tick=None):
+                       block_rows: int = 2048, tick=None, gram_max: int = 0):
     """One pass over the features in sequence order (blocks of whole tracklets).
 
     Returns ``(S, p, q)``: S (T, D) float64 member sums of each tracklet, p (N,) ``<x_i, S_t>``
-    and q (N,) ``|x_i|^2`` per sequence position. Raises on NaN / zero rows.
+    and q (N,) ``|x_i|^2`` per sequence position. Raises on NaN / zero rows. With
+    ``gram_max >= 2`` returns ``(S, p, q, gram, goff)`` as well: the member Gram matrices
+    ``<x_i, x_j>`` of every tracklet of 2..gram_max members, flat, tracklet t's (n, n) matrix at
+    ``gram[goff[t]:goff[t] + n * n]`` (``goff`` -1 for the others), so that level 1 updates its
+    dot products without reading the members again (:func:`~cion.denoise.tracklet.denoise_tracklets`).
     """
     T = len(tstart) - 1
     cnt = np.diff(tstart)
     S = np.zeros((T, src.dim))
     p = np.empty(len(order))
     q = np.empty(len(order))
+    goff = gram_layout(cnt, gram_max) if gram_max >= 2 else None
+    gram = None
+    if goff is not None:
+        last = np.flatnonzero(goff >= 0)
+        gram = np.empty(int(goff[last[-1]] + cnt[last[-1]] ** 2) if len(last) else 0)
     blocks = []
     a = 0
     while a < T:                 # block boundaries: whole tracklets, about block_rows rows
@@ -163,11 +180,21 @@ def read_tracklet_sums(src: FeatureSource, order: np.ndarray, tstart: np.ndarray
         ind = sp.csr_matrix((np.ones(hi - lo), (own, np.arange(hi - lo))), shape=(b - a, hi - lo))
         S[a:b] = ind @ xb                                  # tracklet sums (sparse indicator)
         p[lo:hi] = np.einsum("ij,ij->i", xb, np.repeat(S[a:b], cnt[a:b], axis=0))
+        if gram is not None:
+            ts = a + np.flatnonzero(goff[a:b] >= 0)
+            for n in np.unique(cnt[ts]):               # tracklets of n members: one batched product
+                tn = ts[cnt[ts] == n]
+                rows = (tstart[tn] - lo)[:, None] + np.arange(n)[None, :]
+                x3 = xb[rows]                            # (k, n, D)
+                g = np.matmul(x3, x3.transpose(0, 2, 1))  # (k, n, n)
+                gram[goff[tn][:, None] + np.arange(n * n)[None, :]] = g.reshape(len(tn), n * n)
         if tick is not None:
             tick(hi - lo)
 
     src.map(work, blocks)
     src.release()
+    if gram is not None:
+        return S, p, q, gram, goff
     return S, p, q
 
 
@@ -224,6 +251,8 @@ class _Work:
     cnt2: np.ndarray | None = None       # (T,) members after level 2
     glab: np.ndarray | None = None       # (T,) level-2 group of each tracklet
     ident_g: np.ndarray | None = None    # (G,) identity of each level-2 group
+    gram: np.ndarray | None = None       # flat member Gram matrices of small tracklets (level 1)
+    goff: np.ndarray | None = None       # (T,) offset of each in ``gram``, -1 none
 
     @property
     def T(self) -> int:
@@ -257,9 +286,21 @@ def _member_noise(st: dict, w: _Work, members, sigma_cst, sigma_drm, search) -> 
     st["noise_seconds"] = round(time.perf_counter() - ts, 4)
 
 
-def _read_pass(w: _Work, block_rows: int, tick) -> None:
-    """Pass 1: validate and normalise every row; tracklet sums and member dot products."""
-    w.S, w.p, w.q = read_tracklet_sums(w.src, w.order, w.tstart, block_rows, tick)
+def _gram_max(src: FeatureSource, wanted: int) -> int:
+    """Largest tracklet whose member Gram matrix level 1 keeps: at most ``wanted`` members and
+    no more 8-byte entries per member than a stored feature row has bytes, so the matrices
+    never take more memory than the features themselves."""
+    row_bytes = src._stored_dim * np.dtype(src.X.dtype).itemsize
+    return int(min(wanted, row_bytes // 8))
+
+
+def _read_pass(w: _Work, block_rows: int, tick, gram_max: int) -> None:
+    """Pass 1: validate and normalise every row; tracklet sums and member dot products (and
+    the small tracklets' Gram matrices when level 1 runs)."""
+    gm = _gram_max(w.src, gram_max)
+    res = read_tracklet_sums(w.src, w.order, w.tstart, block_rows, tick, gram_max=gm)
+    w.S, w.p, w.q = res[:3]
+    w.gram, w.goff = (res[3], res[4]) if gm >= 2 else (None, None)
     w.src.release()
     n = len(w.order)
     w.code_pos = np.zeros(n, dtype=np.int8)
@@ -272,7 +313,8 @@ def _level_tracklet(w: _Work, sigma_cst: float, block_rows: int, tick) -> dict:
     from the centroid of the others; updates ``S``, ``cnt``, ``p`` in place."""
     w.alive, w.excluded, rounds = denoise_tracklets(
         w.src, w.order, w.tstart, w.S, w.cnt, w.p, w.q, sigma_cst, chunk=block_rows,
-        progress=lambda r, e: tick(r))
+        progress=lambda r, e: tick(r), gram=w.gram, goff=w.goff)
+    w.gram = w.goff = None                           # level 1 was their only user
     w.src.release()
     w.code_pos[w.excluded] = 2
     return {"rounds": int(rounds), "excluded": int(len(w.excluded))}
@@ -356,7 +398,7 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
             range_half_width: int = 1000, levels=LEVELS, cross_order: str = "sequence",
             noise_stats: bool = True, noise_exact_limit: int = 4096, progress: bool = False,
             block_rows: int = 2048, threads: int | None = None, seed: int = 0,
-            centre=None, whiten: int | None = None) -> DenoiseResult:
+            centre=None, whiten: int | None = None, gram_max: int = 64) -> DenoiseResult:
     """Denoise tracklets into cross-video identities (paper Sec. 3.2, Eq. 4-7).
 
     Args:
@@ -384,6 +426,9 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
         whiten: None, or the dimensions to keep when PCA-whitening the features (after
             centring), see :meth:`~cion.denoise.features.FeatureSource.whiten`; 64 suits the
             demo's 384-d histogram. Calibrate with the same value.
+        gram_max: level 1 keeps the member Gram matrices of tracklets of up to this many images
+            (capped so they never outweigh the features) and updates its dot products from them
+            instead of re-reading every member after each removal; 0 re-reads always.
 
     Returns:
         :class:`DenoiseResult` (unpacks as ``identity, status``).
@@ -412,7 +457,8 @@ def denoise(features, video, tracklet, *, sigma_cst: float = 0.2, sigma_drm: flo
     stages = _Stages()
     with single_threaded_blas(src.threads > 1), _Phases(progress) as ph:
         t0 = time.perf_counter()
-        _read_pass(w, block_rows, ph.phase("reading features", src.n, advance=True))
+        _read_pass(w, block_rows, ph.phase("reading features", src.n, advance=True),
+                   gram_max if "tracklet" in lv else 0)
         st = stages.record("raw", time.perf_counter() - t0, w.T, w.code_pos)
         if noise_stats:
             _member_noise(st, w, slice(None), sigma_cst, sigma_drm, search)

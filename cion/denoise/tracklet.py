@@ -47,7 +47,7 @@ def loo_deviation(p, q, SS, n, S_rows=None, x_rows=None):
 
 def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
                       S: np.ndarray, cnt: np.ndarray, p: np.ndarray, q: np.ndarray,
-                      sigma_cst: float, chunk: int = 2048, progress=None):
+                      sigma_cst: float, chunk: int = 2048, progress=None, gram=None, goff=None):
     """Run Eq. 4 on every tracklet; updates ``S``, ``cnt``, ``p`` in place.
 
     Args:
@@ -57,12 +57,16 @@ def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
         S: (T, D) float64 member sums; cnt: (T,) member counts.
         p: (N,) ``<x_i, S_t>`` per position; q: (N,) ``|x_i|^2``.
         sigma_cst: exclusion threshold (``>=`` excludes).
+        gram, goff: optional member Gram matrices of small tracklets (see
+            :func:`cion.denoise.pipeline.read_tracklet_sums`): their members' dot products with
+            a removed member are looked up instead of read from the features again.
 
     Returns:
         ``(alive, excluded_positions, rounds)``: alive (N,) bool per position, the excluded
         positions (in the order they were removed), and the number of rounds.
     """
     n = len(order)
+    n0 = np.diff(tstart)                             # original member counts (Gram layout)
     alive = np.ones(n, dtype=bool)
     SS = np.einsum("ij,ij->i", S, S)
     active = np.flatnonzero(cnt >= 2)
@@ -104,6 +108,13 @@ def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
         upos, uown = expand_ranges(tstart[rem_t], tstart[rem_t + 1])
         ok = alive[upos]
         upos, uown = upos[ok], uown[ok]
+        if gram is not None:                         # small tracklets: <x_i, x_m> from the Gram
+            t_u = rem_t[uown]
+            g = goff[t_u] >= 0
+            tg, base = t_u[g], tstart[t_u[g]]
+            p[upos[g]] -= gram[goff[tg] + (upos[g] - base) * n0[tg] + (rem_pos[uown[g]] - base)]
+            upos, uown = upos[~g], uown[~g]
+
         def update(sl, blk, upos=upos, uown=uown, xm=xm):
             p[upos[sl]] -= np.einsum("ij,ij->i", blk, xm[uown[sl]])
 
