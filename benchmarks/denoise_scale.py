@@ -89,15 +89,21 @@ def simulate(path: str, n_images: int, dim: int = DIM, seed: int = 0, block: int
 def worker(path: str, cross_order: str, noise: bool) -> dict:
     from cion.denoise import denoise
 
+    import resource
+
     lay = np.load(path + ".layout.npz")
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = denoise(path, lay["video"], lay["tracklet"], cross_order=cross_order, noise_stats=noise)
     total = time.perf_counter() - t0
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = use.ru_utime + use.ru_stime                   # all threads of this process
+    load = (load0 + os.getloadavg()[0]) / 2
     from cion.denoise.metrics import pairwise_precision_recall
     quality = pairwise_precision_recall(res.identity, lay["true"])
     from cion.denoise.pipeline import _peak_rss_mb      # VmHWM: this process image only
     return {"total_seconds": total, "stats": res.stats, "peak_rss_mb": _peak_rss_mb(),
-            "quality": quality}
+            "quality": quality, "cpu_seconds": cpu, "load": load}
 
 
 def main() -> None:
@@ -130,29 +136,34 @@ def main() -> None:
             by = {s["level"]: s for s in r["stats"]}
             levels_s = sum(by[k]["seconds"] for k in ("raw", "tracklet", "video", "cross"))
             noise_s = sum(s.get("noise_seconds", 0.0) for s in r["stats"])
-            rows.append((n, by, levels_s, noise_s, r["total_seconds"], r["peak_rss_mb"]))
+            rows.append((n, by, levels_s, noise_s, r["total_seconds"], r["peak_rss_mb"],
+                         r["cpu_seconds"], r["load"]))
             qq = r["quality"]
             print(f"  vs simulated persons: pairwise precision {qq['precision']:.4f} recall "
                   f"{qq['recall']:.4f}; level 1 excluded {by['tracklet']['excluded']:,}, "
                   f"reallocated {by['video']['reallocated']:,}; cross-video links "
                   f"{by['cross']['links']:,}", flush=True)
             print(f"  read+levels {levels_s:.1f}s, n_S {noise_s:.1f}s, total {r['total_seconds']:.1f}s,"
-                  f" peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
+                  f" CPU {r['cpu_seconds']:.1f}s (load average {r['load']:.1f}), peak RSS "
+                  f"{r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
     print()
     print(f"world: {args.world}; cross order: {args.cross_order}; seconds per stage (read = one pass over the features "
           "computing tracklet sums); RSS = process peak at the end of the stage, GiB")
+    print("CPU s = user + system time of the denoising process (all threads), which a busy "
+          "machine disturbs less than wall seconds; load = mean 1-min load average during the run")
     print("| images | read s | tracklet s | video s | cross s | levels total s | n_S s | total s "
-          "| RSS read / tracklet / video / cross | peak RSS GiB | identities | n_S raw -> cross |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, by, levels_s, noise_s, total, rss in rows:
+          "| CPU s | load | RSS read / tracklet / video / cross | peak RSS GiB | identities | "
+          "n_S raw -> cross |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, by, levels_s, noise_s, total, rss, cpu, load in rows:
         ns = (f"{by['raw'].get('n_S', float('nan')):.3f} -> {by['cross'].get('n_S', float('nan')):.3f}"
               + ("" if by["cross"].get("n_S_exact", True) else " (tree)"))
         per = " / ".join(f"{by[k]['peak_rss_mb'] / 1024:.2f}" for k in ("raw", "tracklet", "video", "cross"))
         print(f"| {n:,} | {by['raw']['seconds']:.1f} | {by['tracklet']['seconds']:.1f} | "
               f"{by['video']['seconds']:.1f} | {by['cross']['seconds']:.1f} | {levels_s:.1f} | "
-              f"{noise_s:.1f} | {total:.1f} | {per} | {rss / 1024:.2f} | "
+              f"{noise_s:.1f} | {total:.1f} | {cpu:.1f} | {load:.1f} | {per} | {rss / 1024:.2f} | "
               f"{by['cross']['identities']:,} | {ns} |")
-    for (n0, _, l0, _, t0, _), (n1, _, l1, _, t1, _) in zip(rows, rows[1:]):
+    for (n0, _, l0, _, t0, *_), (n1, _, l1, _, t1, *_) in zip(rows, rows[1:]):
         print(f"scaling {n0:,} -> {n1:,} ({n1 / n0:.1f}x images): levels {l1 / l0:.2f}x time, "
               f"total incl. n_S {t1 / t0:.2f}x")
 
