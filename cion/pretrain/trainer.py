@@ -313,6 +313,7 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     bad = BadImageTally(int((labels >= 0).sum()), out / "bad_images.txt", max_share=max_bad_share,
                         what="pretrain", fresh=state is None and info.is_main)
     dataset = ReplaceBadImages(MultiCropDataset(paths, augment), labels, cfg.seed, bad, paths)
+    dist.barrier()                                   # no rank lists an image before rank 0 reset it
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
