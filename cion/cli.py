@@ -118,6 +118,7 @@ def synth(
     """Generate the synthetic pedestrian world: noisy pre-training tracklets (A), a Market-1501
     layout benchmark with disjoint identities (B), and a contact sheet."""
     from cion.data.synth import WorldConfig, generate_world
+    from cion.fileio import ensure_writable_dir
 
     cfg = WorldConfig(
         identities=identities, videos=videos, cameras=cameras,
@@ -125,6 +126,7 @@ def synth(
         bench_identities=bench_identities,
         switch_rate=switch_rate, false_detection_rate=false_detection_rate,
         fragment_rate=fragment_rate, seed=seed)
+    ensure_writable_dir(out)
     summary = generate_world(out, cfg, workers=workers, progress=True)
     typer.echo(summary.describe())
 
@@ -279,8 +281,12 @@ def pretrain(
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | "
                                             "bf16 | fp16.", show_default=_RECIPE),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    max_bad_share: float = typer.Option(0.01, "--max-bad-share", help="Unreadable images are "
+                                        "replaced by another image of their identity and listed in "
+                                        "OUT/bad_images.txt; past this share of the images the run stops."),
 ) -> None:
     """Identity-guided self-distillation (CION) of any ReIDZoo backbone; works under torchrun."""
+    from cion.fileio import ensure_writable_dir
     from cion.pretrain import PretrainConfig
     from cion.pretrain import pretrain as run_pretrain
 
@@ -298,7 +304,8 @@ def pretrain(
         if not arch:
             raise CionError("give --arch NAME or --config FILE (configs/pretrain/ has one per zoo model)")
         cfg = PretrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
-    result = run_pretrain(data, cfg, out, progress=progress)
+    ensure_writable_dir(out)
+    result = run_pretrain(data, cfg, out, progress=progress, max_bad_share=max_bad_share)
     from cion import distributed
     if distributed.rank() == 0:
         typer.echo(f"backbone: {result.backbone}\nmetrics: {result.metrics}\n"
@@ -360,9 +367,12 @@ def zoo_convert(
     from cion.models.factory import convert_official
     from cion.models.registry import get_entry
 
+    from cion.fileio import ensure_writable_file
+
     get_entry(arch)
     if out.suffix != ".safetensors":
         raise CionError(f"--out {out} should end in .safetensors")
+    ensure_writable_file(out)
     report = convert_official(checkpoint, arch, out, which)
     typer.echo(report.describe())
     typer.echo(f"wrote {out}")
@@ -387,7 +397,10 @@ def zoo_export(
     from cion.models.reparam import reparameterize as fold
 
     onnx = _renamed(out, onnx, "--out", "--onnx", required=True)
+    from cion.fileio import ensure_writable_file
+
     size = _parse_size(img_size, "--img-size")
+    ensure_writable_file(onnx, "--out")
     model = create_model(name, checkpoint=checkpoint).eval()
     if reparameterize and model_info(name)["reparameterizable"]:
         model = fold(model, inplace=True)
@@ -408,7 +421,9 @@ def demo(
     pre-training of 5 labellings (+ random init) -> zero-shot evaluation and a short
     supervised fine-tune -> report.md, results.json and figures in OUT."""
     from cion.demo import run_demo
+    from cion.fileio import ensure_writable_dir
 
+    ensure_writable_dir(out)
     run_demo(out, quick=quick, seed=seed, workers=workers)
 
 
@@ -431,6 +446,9 @@ def extract(
     dtype: str = typer.Option("float16", help="float16 or float32."),
     device: str = typer.Option("auto", help="Where it runs: auto (cuda if available) | cpu | cuda | cuda:N."),
     workers: int = typer.Option(0, help="Data-loader worker processes."),
+    max_bad_share: float = typer.Option(0.01, "--max-bad-share", help="Unreadable images are "
+                                        "skipped (left out of F.npy and its manifest) and listed in "
+                                        "F.bad_images.txt; past this share of the images the run stops."),
 ) -> None:
     """Images -> L2-normalised features (.npy, manifest row order), batched, with progress."""
     from cion.extract import extract_to_files
@@ -438,9 +456,14 @@ def extract(
     size = _parse_size(img_size, "--img-size") if img_size else None
     info = extract_to_files(data, model, out, checkpoint=checkpoint, img_size=size,
                             batch_size=batch_size, flip=flip, dtype=dtype, device=_device(device),
-                            workers=workers)
-    typer.echo(f"{info['rows']} x {info['dim']} {info['dtype']} features -> {info['features']} "
-               f"({info['images_per_second']} images/s)\nmanifest -> {info['manifest']}")
+                            workers=workers, max_bad_share=max_bad_share)
+    if info["rank"] == 0:
+        typer.echo(f"{info['rows']} x {info['dim']} {info['dtype']} features -> {info['features']} "
+                   f"({info['images_per_second']} images/s)\nmanifest -> {info['manifest']}")
+    if info["rank"] == 0 and info.get("bad_images"):
+        typer.echo(f"skipped {info['bad_images']} unreadable image(s), listed in {info['bad_list']}")
+    from cion import distributed
+    distributed.cleanup()
 
 
 @app.command()
@@ -467,6 +490,9 @@ def evaluate(
     device: str = typer.Option("auto", help="Where it runs: auto (cuda if available) | cpu | cuda | cuda:N."),
     workers: int = typer.Option(0, help="Data-loader worker processes."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Ranked lists, t-SNE, CMC PNGs."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave unreadable query / "
+                                         "gallery images out (listed in OUT/bad_images.txt) instead "
+                                         "of stopping; the metrics then cover fewer images."),
     root: Optional[Path] = typer.Option(None, "--root", hidden=True),   # former name of --data
 ) -> None:
     """mAP / CMC / mINP of a model on a ReID benchmark: table, metrics.json and PNG figures."""
@@ -477,7 +503,8 @@ def evaluate(
     report = evaluate_model(model, dataset, root, checkpoint=checkpoint, out_dir=out, rerank=rerank,
                             k1=k1, k2=k2, lambda_value=lambda_value, metric=metric,
                             batch_size=batch_size, flip=flip, img_size=size, device=_device(device),
-                            workers=workers, figures=figures, echo=typer.echo)
+                            workers=workers, figures=figures, echo=typer.echo,
+                            skip_bad_images=skip_bad_images)
     typer.echo(format_table(report))
     typer.echo(f"numbers -> {report['json']}")
     for f in report["figures"]:

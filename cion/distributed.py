@@ -10,6 +10,7 @@ process and every collective here is a no-op.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -63,6 +64,21 @@ def init(device: str | None = None) -> DistInfo:
         tdist.init_process_group(backend=backend)
     dev = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
     return DistInfo(rank=rank(), world_size=world_size(), local_rank=local_rank, device=dev)
+
+
+@contextlib.contextmanager
+def same_init(seed: int = 0):
+    """Random initialisation identical on every rank, and equal to a single-process run: inside
+    the block the CPU generator is seeded with ``seed``; its previous state is restored after,
+    so per-rank streams (dropout, augmentation) are untouched. Build models inside it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def launched_by_torchrun() -> bool:
+    """True under ``torchrun`` with more than one process (the process group may not exist yet)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def cleanup() -> None:

@@ -43,9 +43,19 @@ class FeatureModel:
 
 
 def load_model(spec: str, checkpoint: str | os.PathLike | None = None,
-               img_size: tuple[int, int] | None = None) -> FeatureModel:
+               img_size: tuple[int, int] | None = None, seed: int = 0) -> FeatureModel:
     """Resolve ``--model``: ``colour-hist``, a ReIDZoo name (with optional ``checkpoint``), or a
-    path to one of our ``.safetensors`` backbone files (its architecture is in its metadata)."""
+    path to one of our ``.safetensors`` backbone files (its architecture is in its metadata).
+
+    Weights a checkpoint does not give are initialised from ``seed`` alone, so every process
+    (DDP rank) builds the same network and a run without a checkpoint is reproducible."""
+    from cion.distributed import same_init
+
+    with same_init(seed):
+        return _load_model(spec, checkpoint, img_size)
+
+
+def _load_model(spec, checkpoint, img_size) -> FeatureModel:
     if spec.lower() in COLOUR_HIST_NAMES:
         from cion.handcrafted import colour_histogram
 
@@ -81,7 +91,8 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None,
 
 
 class _Images:
-    """Map-style dataset: path -> (3, H, W) float tensor, ImageNet-normalised."""
+    """Map-style dataset: path -> ``(x, i, reason)``: x (3, H, W) float tensor, ImageNet-
+    normalised; ``reason`` is "" or, for an unreadable file (x then zeros), why it failed."""
 
     def __init__(self, paths: Sequence[str], size: tuple[int, int]):
         self.paths = list(paths)
@@ -94,24 +105,55 @@ class _Images:
         import torch
         from PIL import Image
 
-        with Image.open(self.paths[i]) as img:
-            img = img.convert("RGB").resize((self.size[1], self.size[0]), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)
+        from cion.data.images import BadImageError, read_rgb
+
+        try:
+            img = read_rgb(self.paths[i]).resize((self.size[1], self.size[0]), Image.BILINEAR)
+        except BadImageError as err:
+            return torch.zeros(3, *self.size), i, err.reason
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)
         mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
         std = torch.tensor(IMAGENET_STD)[:, None, None]
-        return (x - mean) / std, i
+        return (x - mean) / std, i, ""
 
 
-def _check_paths(paths: Sequence[str]) -> None:
-    missing = [p for p in paths[:2000] if not os.path.exists(p)]
-    if missing:
+def _check_paths(paths: Sequence[str], tolerated: float = 0.0) -> None:
+    """Fail early when more than ``tolerated`` of the first 2000 files are missing (a wrong
+    dataset root rather than a few lost files)."""
+    sample = paths[:2000]
+    missing = [p for p in sample if not os.path.exists(p)]
+    if len(missing) > tolerated * len(sample):
         raise CionError(f"{len(missing)} image file(s) do not exist, e.g. {missing[:2]}. Fix: check "
                         "the dataset root / manifest (relative paths are relative to the manifest)")
 
 
+def _colour_hist_batch(paths: Sequence[str], size, bad) -> tuple[np.ndarray, list[int]]:
+    """Colour histograms of ``paths`` (rows of unreadable files: zeros) and those rows."""
+    from PIL import Image
+
+    from cion.data.images import BadImageError, read_rgb
+    from cion.handcrafted import colour_histogram
+
+    h, w = size
+    imgs = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
+    failed = []
+    for k, p in enumerate(paths):                    # decoding is per file by nature
+        try:
+            imgs[k] = np.asarray(read_rgb(p).resize((w, h), Image.BILINEAR))
+        except BadImageError as err:
+            if bad is None:
+                raise
+            failed.append((k, err.reason))
+    f = colour_histogram(imgs)
+    for k, _ in failed:
+        f[k] = 0.0
+    return f, failed
+
+
 def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os.PathLike | None = None,
                      batch_size: int = 64, flip: bool = False, dtype: str = "float16",
-                     device: str | None = None, workers: int = 0, progress: bool = True) -> np.ndarray:
+                     device: str | None = None, workers: int = 0, progress: bool = True,
+                     bad_images=None) -> np.ndarray:
     """Features of ``paths`` in order: (N, D) L2-normalised, ``dtype`` float16 or float32.
 
     Args:
@@ -121,6 +163,10 @@ def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os
         flip: average the features of the image and its horizontal mirror (then L2-normalise).
         device: ``cuda``/``cpu``; default CUDA when available.
         workers: DataLoader worker processes decoding images.
+        bad_images: None: an unreadable image stops the run (:class:`~cion.data.images.
+            BadImageError` naming it). Or a :class:`~cion.data.images.BadImageTally`: such an
+            image gets a row of zeros, is added to the tally (which stops the run past its
+            share) and its row to ``bad_images.rows`` ({row: reason}, all ranks' rows).
 
     Under ``torchrun`` (``torch.distributed`` initialised) rank r extracts rows r, r + W, ... and
     writes them into the shared ``out`` file (required then), created by rank 0.
@@ -134,7 +180,7 @@ def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os
     paths = [str(p) for p in paths]
     if not paths:
         raise CionError("no images to extract features from")
-    _check_paths(paths)
+    _check_paths(paths, 0.0 if bad_images is None else bad_images.max_share)
     n, dim = len(paths), model.dim
     world, rank = (dist.world_size(), dist.rank()) if dist.is_dist() else (1, 0)
     if world > 1 and out is None:
@@ -150,6 +196,13 @@ def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os
     else:
         feats = np.empty((n, dim), dtype=dtype)
     mine = np.arange(rank, n, world)
+
+    def record(row: int, reason: str) -> None:
+        if bad_images is None:
+            from cion.data.images import BadImageError
+            raise BadImageError(paths[row], reason)
+        bad_images.rows[int(row)] = reason
+        bad_images.check(bad_images.add(paths[row], reason))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("extract {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -157,12 +210,12 @@ def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os
     with Progress(*columns, disable=not progress or rank != 0, transient=True) as bar:
         task = bar.add_task(model.name, total=len(mine))
         if not model.is_network:
-            from cion.handcrafted import colour_histogram, load_images
-
             for s in range(0, len(mine), max(batch_size, 256)):
                 rows = mine[s:s + max(batch_size, 256)]
-                f = colour_histogram(load_images([paths[i] for i in rows], model.img_size))
+                f, failed = _colour_hist_batch([paths[i] for i in rows], model.img_size, bad_images)
                 feats[rows] = f.astype(dtype)   # already L2-normalised; flipping changes nothing
+                for k, reason in failed:
+                    record(rows[k], reason)
                 bar.advance(task, len(rows))
         else:
             dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -172,14 +225,29 @@ def extract_features(paths: Sequence[str], model: FeatureModel, *, out: str | os
                                                  pin_memory=dev.type == "cuda")
             amp = torch.autocast(dev.type, dtype=torch.float16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
             with torch.inference_mode(), amp:
-                for x, idx in loader:
+                for x, idx, reasons in loader:
                     x = x.to(dev, non_blocking=True)
                     f = net(x).float()
                     if flip:
                         f = f + net(torch.flip(x, dims=[3])).float()
                     f = torch.nn.functional.normalize(f, dim=1)
-                    feats[idx.numpy()] = f.cpu().numpy().astype(dtype)
+                    failed = [k for k, r in enumerate(reasons) if r]
+                    f = f.cpu().numpy()
+                    f[failed] = 0
+                    nan = np.flatnonzero(~np.isfinite(f).all(axis=1))
+                    if len(nan):
+                        raise CionError(
+                            f"{model.name} gave NaN/inf features for {len(nan)} image(s) of a "
+                            f"batch, e.g. {paths[int(idx[nan[0]])]}. Fix: check the weights "
+                            "(--checkpoint), or extract in float32 on this device")
+                    f = f.astype(dtype)
+                    feats[idx.numpy()] = f
+                    for k in failed:
+                        record(int(idx[k]), reasons[k])
                     bar.advance(task, len(idx))
+    if bad_images is not None and world > 1:          # every rank learns every bad row
+        for part in dist.all_gather_object(dict(bad_images.rows)):
+            bad_images.rows.update(part)
     if out is not None:
         feats.flush()
         if world > 1:
@@ -247,33 +315,86 @@ def manifest_path_for(features: str | os.PathLike) -> Path:
     return f.with_name(f.stem + ".manifest.parquet")
 
 
+def bad_list_path_for(features: str | os.PathLike) -> Path:
+    """``F.npy`` -> ``F.bad_images.txt`` (the unreadable images an extraction skipped)."""
+    f = Path(features)
+    return f.with_name(f.stem + ".bad_images.txt")
+
+
+def _copy_rows(src: np.ndarray, keep: np.ndarray, path: Path, block: int = 65536) -> None:
+    """Write rows ``keep`` of ``src`` to the .npy ``path`` block by block (bounded memory)."""
+    dst = np.lib.format.open_memmap(path, mode="w+", dtype=src.dtype, shape=(len(keep), src.shape[1]))
+    for a in range(0, len(keep), block):
+        dst[a:a + block] = src[keep[a:a + block]]
+    dst.flush()
+    del dst
+
+
 def extract_to_files(data: str | os.PathLike, model_spec: str, out: str | os.PathLike, *,
                      checkpoint=None, img_size=None, batch_size: int = 64, flip: bool = False,
                      dtype: str = "float16", device=None, workers: int = 0,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, max_bad_share: float = 0.01) -> dict:
     """The ``cion extract`` command: features to ``out`` (.npy), the manifest beside it
-    (``F.manifest.parquet``, same row order, absolute paths) and ``F.json`` describing the run."""
+    (``F.manifest.parquet``, same row order, absolute paths) and ``F.json`` describing the run.
+
+    Unreadable images (corrupt, truncated, empty, missing) are left out of both and listed in
+    ``F.bad_images.txt``; past ``max_bad_share`` of the images the run stops. The features are
+    written to a temporary file renamed at the end, so a killed run leaves the previous ``out``
+    intact (or none), never a half-written one.
+    """
+    from cion import distributed as dist
+    from cion.data.images import BadImageTally
     from cion.data.manifest import resolve_paths, write_manifest
+    from cion.fileio import atomic_write, ensure_writable_file
 
     out = Path(out)
     if out.suffix != ".npy":
         raise CionError(f"--out {out}: features are written as .npy (e.g. --out feats.npy)")
+    ensure_writable_file(out)
     df = load_data(data)
     model = load_model(model_spec, checkpoint=checkpoint, img_size=img_size)
     paths = resolve_paths(df)
+    if dist.launched_by_torchrun():                  # ranks split the rows (gloo on CPU)
+        dist.init(device)
+    main = not dist.is_dist() or dist.rank() == 0
+    partial = out.with_name(f".{out.stem}.partial.npy")      # the same name on every rank
+    bad = BadImageTally(len(paths), bad_list_path_for(out), max_share=max_bad_share,
+                        what="extract", fresh=main)
     t0 = time.perf_counter()
-    feats = extract_features(paths, model, out=out, batch_size=batch_size, flip=flip, dtype=dtype,
-                             device=device, workers=workers, progress=progress)
+    try:
+        feats = extract_features(paths, model, out=partial, batch_size=batch_size, flip=flip,
+                                 dtype=dtype, device=device, workers=workers, progress=progress,
+                                 bad_images=bad)
+    except BaseException:
+        if main and partial.exists():
+            partial.unlink()
+        raise
     seconds = time.perf_counter() - t0
-    from cion import distributed as dist
-
-    info = {"features": str(out), "manifest": str(manifest_path_for(out)), "rows": len(df),
+    if dist.is_dist():
+        dist.barrier()                               # every rank holds its map before renaming
+    keep = np.setdiff1d(np.arange(len(df)), np.fromiter(bad.rows, dtype=np.int64, count=len(bad.rows)))
+    info = {"features": str(out), "manifest": str(manifest_path_for(out)), "rows": int(len(keep)),
             "dim": int(feats.shape[1]), "dtype": dtype, "model": model.name,
             "img_size": list(model.img_size), "flip": bool(flip), "seconds": round(seconds, 3),
-            "images_per_second": round(len(df) / max(seconds, 1e-9), 1), "data": str(data)}
-    if not dist.is_dist() or dist.rank() == 0:
+            "images_per_second": round(len(df) / max(seconds, 1e-9), 1), "data": str(data),
+            "bad_images": len(bad.rows), "rank": dist.rank(),
+            "bad_list": str(bad.list_path) if bad.rows else None}
+    if main:
         m = df.copy()
         m["path"] = paths
+        if bad.rows:                                 # skip them: features and manifest agree
+            tmp = out.with_name(f".{out.stem}.compact.npy")
+            _copy_rows(feats, keep, tmp)
+            del feats
+            os.replace(tmp, out)
+            partial.unlink()
+            m = m.iloc[keep].reset_index(drop=True)
+        else:
+            del feats
+            os.replace(partial, out)
         write_manifest(m, manifest_path_for(out))
-        Path(out.with_suffix(".json")).write_text(json.dumps(info, indent=2))
+        atomic_write(out.with_suffix(".json"),
+                     lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+    if dist.is_dist():
+        dist.barrier()
     return info

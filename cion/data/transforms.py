@@ -165,15 +165,11 @@ class MultiCropAugment:
         self.photometric = PhotometricAugment(self.cfg.mean, self.cfg.std)
 
     def load(self, path: str) -> Image.Image:
+        """RGB image; an unreadable file raises :class:`cion.data.images.BadImageError`."""
+        from cion.data.images import read_rgb
+
         gh, gw = self.cfg.global_size
-        try:
-            img = Image.open(path)
-            if img.format == "JPEG":
-                img.draft("RGB", (2 * gw, 2 * gh))  # decode at 1/2..1/8 scale when much larger
-            return img.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise CionError(f"{path}: cannot read image ({err}). Fix: remove the row from the "
-                            "manifest or replace the file") from None
+        return read_rgb(path, draft=(2 * gw, 2 * gh))  # JPEG: decode at 1/2..1/8 when much larger
 
     def _views(self, img: Image.Image, rng: np.random.Generator, n: int, size: tuple[int, int],
                scale: tuple[float, float], blur_p: np.ndarray,

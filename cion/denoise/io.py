@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from cion.errors import CionError
-from cion.fileio import atomic_write
+from cion.fileio import atomic_write, ensure_writable_file
 
 
 def output_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
@@ -74,6 +74,7 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
     out_p, stats_p, png_p = output_paths(out)
     if out_p.suffix != ".parquet":
         raise CionError(f"--out {out_p}: the output manifest must end in .parquet")
+    ensure_writable_file(out_p)
     df = read_manifest(manifest)
     X = open_features(features)
     if X.shape[0] != len(df):

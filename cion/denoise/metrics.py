@@ -94,10 +94,14 @@ def tracklet_linking_map(features, video, tracklet, true, centre=None) -> dict:
     from cion.evaluation import evaluate_rank
 
     src = prepare_features(features, centre=centre)
-    X = src.block(0, src.n)
     t_of, main, vid = tracklet_truth(video, tracklet, true)
     T = len(main)
-    C = sp.csr_matrix((np.ones(len(t_of)), (t_of, np.arange(len(t_of)))), shape=(T, len(t_of))) @ X
+    C = np.zeros((T, src.dim))
+    for a in range(0, src.n, 65536):               # tracklet sums block by block: (T, D) memory
+        b = min(a + 65536, src.n)
+        C += sp.csr_matrix((np.ones(b - a), (t_of[a:b], np.arange(b - a))), shape=(T, b - a)) \
+            @ src.block(a, b)
+    src.release()
     C /= np.linalg.norm(C, axis=1, keepdims=True).clip(min=1e-12)
     person = main >= 0
     dist = 1.0 - C[person] @ C.T

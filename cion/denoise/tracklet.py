@@ -45,9 +45,51 @@ def loo_deviation(p, q, SS, n, S_rows=None, x_rows=None):
     return dev
 
 
+def _remove_members(src, order, tstart, S, SS, p, alive, rem_pos, rem_t, chunk, gram, goff, n0,
+                    piece: int = 16384) -> None:
+    """Take member ``rem_pos[k]`` out of tracklet ``rem_t[k]`` (one per tracklet): update its
+    sum ``S``, ``SS = |S|^2`` and the dot products ``p`` of its remaining members.
+
+    Tracklets with a Gram matrix look ``<x_i, x_m>`` up; the others read their members again.
+    Removed members are handled ``piece`` at a time, so the (k, D) blocks in flight stay small
+    however many tracklets lose a member in this round.
+    """
+    D = S.shape[1]
+    upos, uown = expand_ranges(tstart[rem_t], tstart[rem_t + 1])
+    ok = alive[upos]
+    upos, uown = upos[ok], uown[ok]
+    if gram is not None:                             # small tracklets: <x_i, x_m> from the Gram
+        t_u = rem_t[uown]
+        g = goff[t_u] >= 0
+        tg, base = t_u[g], tstart[t_u[g]]
+        p[upos[g]] -= gram[goff[tg] + (upos[g] - base) * n0[tg] + (rem_pos[uown[g]] - base)]
+        upos, uown = upos[~g], uown[~g]
+    for a in range(0, len(rem_t), piece):            # pieces of removed members
+        b = min(a + piece, len(rem_t))
+        xm = np.empty((b - a, D))
+
+        def put(sl, blk, xm=xm):
+            xm[sl] = blk
+
+        src.for_chunks(order[rem_pos[a:b]], put, chunk)
+        t = rem_t[a:b]                               # distinct: one removal per tracklet
+        S[t] -= xm
+        St = S[t]
+        SS[t] = np.einsum("ij,ij->i", St, St)
+        del St
+        lo, hi = np.searchsorted(uown, [a, b])       # uown ascending: this piece's members
+        if hi > lo:
+            pu, po = upos[lo:hi], uown[lo:hi] - a
+
+            def update(sl, blk, pu=pu, po=po, xm=xm):
+                p[pu[sl]] -= np.einsum("ij,ij->i", blk, xm[po[sl]])
+
+            src.for_chunks(order[pu], update, chunk)
+
+
 def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
                       S: np.ndarray, cnt: np.ndarray, p: np.ndarray, q: np.ndarray,
-                      sigma_cst: float, chunk: int = 2048, progress=None):
+                      sigma_cst: float, chunk: int = 2048, progress=None, gram=None, goff=None):
     """Run Eq. 4 on every tracklet; updates ``S``, ``cnt``, ``p`` in place.
 
     Args:
@@ -57,12 +99,16 @@ def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
         S: (T, D) float64 member sums; cnt: (T,) member counts.
         p: (N,) ``<x_i, S_t>`` per position; q: (N,) ``|x_i|^2``.
         sigma_cst: exclusion threshold (``>=`` excludes).
+        gram, goff: optional member Gram matrices of small tracklets (see
+            :func:`cion.denoise.pipeline.read_tracklet_sums`): their members' dot products with
+            a removed member are looked up instead of read from the features again.
 
     Returns:
         ``(alive, excluded_positions, rounds)``: alive (N,) bool per position, the excluded
         positions (in the order they were removed), and the number of rounds.
     """
     n = len(order)
+    n0 = np.diff(tstart)                             # original member counts (Gram layout)
     alive = np.ones(n, dtype=bool)
     SS = np.einsum("ij,ij->i", S, S)
     active = np.flatnonzero(cnt >= 2)
@@ -91,23 +137,8 @@ def denoise_tracklets(src: FeatureSource, order: np.ndarray, tstart: np.ndarray,
             break
         alive[rem_pos] = False
         removed_all.append(rem_pos)
-        # update sums and member dot products of the tracklets that lost a member
-        xm = np.empty((len(rem_t), S.shape[1]))
-
-        def put(sl, blk, xm=xm):
-            xm[sl] = blk
-
-        src.for_chunks(order[rem_pos], put, chunk)
-        S[rem_t] -= xm
         cnt[rem_t] -= 1
-        SS[rem_t] = np.einsum("ij,ij->i", S[rem_t], S[rem_t])
-        upos, uown = expand_ranges(tstart[rem_t], tstart[rem_t + 1])
-        ok = alive[upos]
-        upos, uown = upos[ok], uown[ok]
-        def update(sl, blk, upos=upos, uown=uown, xm=xm):
-            p[upos[sl]] -= np.einsum("ij,ij->i", blk, xm[uown[sl]])
-
-        src.for_chunks(order[upos], update, chunk)
+        _remove_members(src, order, tstart, S, SS, p, alive, rem_pos, rem_t, chunk, gram, goff, n0)
         src.release()
         active = rem_t[cnt[rem_t] >= 2]
         if progress is not None:

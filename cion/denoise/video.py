@@ -28,19 +28,26 @@ def video_chunks(vtstart: np.ndarray, chunk: int = 64) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist()))
 
 
-def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.ndarray,
+def reallocate(read, e_track: np.ndarray, e_video: np.ndarray, U1: np.ndarray,
                key: np.ndarray, vtstart: np.ndarray, sigma_cst: float,
-               chunk: int = 64, tile: int = 4096, threads: int = 1) -> np.ndarray:
-    """Eq. 5 with the fixed level-1 centroids.
+               chunk: int = 64, tile: int = 4096, threads: int = 1,
+               sums: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 5 with the fixed level-1 centroids, reading the excluded samples tile by tile.
 
     Args:
-        Xe: (E, D) normalised features of the excluded samples.
+        read: ``read(k)`` -> (len(k), D) float64 normalised features of the excluded samples
+            ``k`` (indices into ``0..E-1``), e.g. gathered from the memory map; or the (E, D)
+            array itself (small inputs). At most ``tile`` samples are read at a time per thread,
+            so memory does not grow with the number of excluded samples E.
         e_track: (E,) the tracklet each was excluded from; e_video: (E,) its video.
         U1: (T, D) unit level-1 centroids (zero rows for zero centroids).
         key: (T,) first manifest row of each level-1 tracklet (tie-break: earliest).
         vtstart: (V+1,) tracklets of video v are ``vtstart[v]:vtstart[v+1]``.
         sigma_cst: a sample is reallocated only if its distance is ``< sigma_cst``.
         threads: runs of videos handled in parallel.
+        sums: optional (T, D) float64 member sums; each reallocated sample's feature is added
+            to its target's row in place (in the samples' order, as one sum per target), which
+            turns level-1 sums into the level-2 sums without holding the samples.
 
     Returns:
         (E,) int64 target tracklet, -1 where the sample is discarded.
@@ -49,6 +56,9 @@ def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.
     target = np.full(E, -1, dtype=np.int64)
     if E == 0:
         return target
+    if not callable(read):
+        feats = read
+        read = lambda k: feats[k]                    # noqa: E731
     o = np.argsort(e_video, kind="stable")
     ev = e_video[o]
     tvideo = np.repeat(np.arange(len(vtstart) - 1), np.diff(vtstart))
@@ -62,10 +72,12 @@ def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.
             return
         K = U1[t0:t1]
         kv, kkey = tvideo[t0:t1], key[t0:t1]
+        added = hit = None                           # (t1 - t0, D) sums of the samples moved in
         step = max(1, min(tile, (1 << 24) // (t1 - t0)))
         for a in range(q0, q1, step):                # tiles of queries (bounded memory)
             ee = o[a:min(a + step, q1)]
-            d = 1.0 - Xe[ee] @ K.T                    # (q, k)
+            xe = read(ee)                            # (q, D) float64
+            d = 1.0 - xe @ K.T                       # (q, k)
             bad = (kv[None, :] != e_video[ee][:, None]) | \
                   (np.arange(t0, t1)[None, :] == e_track[ee][:, None])
             d[bad] = np.inf
@@ -75,6 +87,15 @@ def reallocate(Xe: np.ndarray, e_track: np.ndarray, e_video: np.ndarray, U1: np.
             dist = d[np.arange(len(ee)), pick]
             ok = dist < sigma_cst                     # inf (nobody else in the video) fails
             target[ee[ok]] = t0 + pick[ok]
+            if sums is not None and ok.any():
+                if added is None:
+                    added = np.zeros((t1 - t0, sums.shape[1]))
+                    hit = np.zeros(t1 - t0, dtype=bool)
+                np.add.at(added, pick[ok], xe[ok])    # sequential: same order as one sum
+                hit[pick[ok]] = True
+        if added is not None:
+            rows = np.flatnonzero(hit)
+            sums[t0 + rows] += added[rows]           # only this run's tracklets (thread-safe)
 
     pmap(run, video_chunks(vtstart, chunk), threads)
     return target

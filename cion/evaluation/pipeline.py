@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cion.evaluation.rank import distance_chunks, evaluate_distance_chunks, prepare_query_gallery
-from cion.fileio import ensure_writable_dir
+from cion.fileio import atomic_write, ensure_writable_dir
 
 #: Ranks reported in tables (CMC is written in full to the JSON).
 REPORT_RANKS = (1, 5, 10, 20)
@@ -78,14 +78,54 @@ def _figures(ds, res: dict, topk: _TopK, qf, gf, out_dir: Path, tag: str, n_show
     return files
 
 
+def _extract_readable(ds, model, extract_features, kw, out_dir: Path, skip: bool, Tally):
+    """Query and gallery features; unreadable images are listed in ``out_dir/bad_images.txt``
+    and either stop the run (one line naming them) or, with ``skip``, are removed from ``ds``
+    (in place) and from the features. Returns ``((qf, gf), number skipped)``."""
+    from cion.data.manifest import resolve_paths
+
+    feats, bad = [], {}
+    for part in ("query", "gallery"):
+        paths = resolve_paths(getattr(ds, part))
+        tally = Tally(len(paths), None, max_share=1.0, what="evaluate")
+        feats.append(extract_features(paths, model, bad_images=tally, **kw))
+        bad[part] = (tally.rows, paths)
+    listed = [(paths[r], why) for rows, paths in bad.values() for r, why in sorted(rows.items())]
+    list_path = out_dir / "bad_images.txt"
+    if not listed:
+        if list_path.exists():
+            list_path.unlink()
+        return tuple(feats), 0
+    atomic_write(list_path, lambda tmp: Path(tmp).write_text(
+        "".join(f"{p}\t{why}\n" for p, why in listed)))
+    if not skip:
+        from cion.errors import CionError
+
+        raise CionError(f"{len(listed)} query / gallery image(s) cannot be read, e.g. "
+                        f"{listed[0][0]} ({listed[0][1]}); all are listed in {list_path}. Fix: "
+                        "repair or replace them, or evaluate without them (--skip-bad-images)")
+    for k, part in enumerate(("query", "gallery")):
+        rows = bad[part][0]
+        keep = np.setdiff1d(np.arange(len(feats[k])), np.fromiter(rows, np.int64, len(rows)))
+        feats[k] = feats[k][keep]
+        setattr(ds, part, getattr(ds, part).iloc[keep].reset_index(drop=True))
+    return tuple(feats), len(listed)
+
+
 def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_dir="cion_eval",
                    rerank: bool = False, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
                    metric: str = "cosine", batch_size: int = 64, flip: bool = False,
                    img_size=None, device=None, workers: int = 0, max_rank: int = 50,
-                   figures: bool = True, progress: bool = True, echo=print) -> dict:
+                   figures: bool = True, progress: bool = True, echo=print,
+                   skip_bad_images: bool = False) -> dict:
     """Evaluate ``model_spec`` on ``dataset`` at ``root``; writes ``metrics.json`` and PNGs to
-    ``out_dir`` and returns the JSON's content."""
-    from cion.data.manifest import resolve_paths
+    ``out_dir`` and returns the JSON's content.
+
+    Unreadable query / gallery images (corrupt, truncated, empty, missing) are listed in
+    ``out_dir/bad_images.txt`` and stop the run (a query silently left out would change the
+    metrics), unless ``skip_bad_images``: then they are left out and counted in the JSON.
+    """
+    from cion.data.images import BadImageTally
     from cion.data.readers import read_dataset
     from cion.extract import extract_features, load_model
 
@@ -96,8 +136,8 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
     t0 = time.perf_counter()
     kw = dict(batch_size=batch_size, flip=flip, dtype="float32", device=device, workers=workers,
               progress=progress)
-    qf = extract_features(resolve_paths(ds.query), model, **kw)
-    gf = extract_features(resolve_paths(ds.gallery), model, **kw)
+    (qf, gf), skipped = _extract_readable(ds, model, extract_features, kw, out_dir,
+                                          skip_bad_images, BadImageTally)
     t_extract = time.perf_counter() - t0
     labels = (ds.query["identity"].to_numpy(), ds.gallery["identity"].to_numpy(),
               ds.query["camera"].to_numpy(), ds.gallery["camera"].to_numpy())
@@ -113,7 +153,7 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
               "notes": ds.notes, "metric": metric, "flip": flip, "img_size": list(model.img_size),
               "feature_dim": model.dim, "seconds": {"extract": round(t_extract, 3),
                                                     "evaluate": round(t_eval, 3)},
-              "plain": _summary(res)}
+              "plain": _summary(res), "bad_images_skipped": skipped}
     files = []
     if figures:
         files += _figures(ds, res, top, qf, gf, out_dir, "")
@@ -143,7 +183,7 @@ def evaluate_model(model_spec: str, dataset: str, root, *, checkpoint=None, out_
     report["per_query"] = {"query_path": ds.query["path"].tolist(),
                            "ap": [None if np.isnan(a) else float(a) for a in res["ap"]],
                            "first_hit": res["first_hit"].tolist()}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     report["json"] = str(out_dir / "metrics.json")
     return report
 

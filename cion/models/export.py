@@ -100,7 +100,11 @@ def export_onnx(model: nn.Module, path, img_size=(256, 128), batch: int = 2, ops
                               opset_version=opset, dynamo=False, do_constant_folding=True)
     diff = None
     if check:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CionError("the ONNX check needs onnxruntime, an optional dependency. Fix: "
+                            "pip install 'cion-reid[export]', or export with --no-check") from None
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))

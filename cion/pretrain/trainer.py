@@ -244,6 +244,7 @@ class Run:
     monitor: CollapseMonitor
     autocast: object
     net_info: dict
+    bad_images: object = None          # BadImageTally: unreadable images replaced so far
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
@@ -258,8 +259,13 @@ class Run:
         return self.out / "checkpoint.pt"
 
 
-def setup_run(data, cfg: PretrainConfig, out: Path, log: Callable[[str], None] | None) -> Run:
-    """Processes, data pipeline, networks, loss and optimiser of a fresh run (not restored)."""
+def setup_run(data, cfg: PretrainConfig, out: Path, log: Callable[[str], None] | None, *,
+              max_bad_share: float = 0.01, resuming: bool = False) -> Run:
+    """Processes, data pipeline, networks, loss and optimiser of a fresh run (not restored).
+
+    An unreadable image is replaced by another of its identity and listed in
+    ``out/bad_images.txt`` (:mod:`cion.data.images`); past ``max_bad_share`` of the images the
+    run stops. ``resuming`` keeps the list of the interrupted run."""
     dev_name = None if cfg.device == "auto" else cfg.device
     info = dist.init(dev_name)
     device = info.device
@@ -272,6 +278,7 @@ def setup_run(data, cfg: PretrainConfig, out: Path, log: Callable[[str], None] |
     augment_device = resolve_augment_device(cfg.augment_device, device)
     out.mkdir(parents=True, exist_ok=True)
 
+    from cion.data.images import BadImageTally, ReplaceBadImages
     from cion.data.sampler import IdentityBatchSampler
     from cion.data.transforms import MultiCropAugment, MultiCropConfig, MultiCropDataset
 
@@ -287,8 +294,13 @@ def setup_run(data, cfg: PretrainConfig, out: Path, log: Callable[[str], None] |
             "instance-level DINO set curriculum: [[0, 1]]")
     # workers: decode + crop + flip, uint8 (a quarter of float32's bytes to copy); the
     # per-pixel half runs batched on augment_device (see finish_views)
+    bad = BadImageTally(int((labels >= 0).sum()), out / "bad_images.txt", max_share=max_bad_share,
+                        what="pretrain", fresh=not resuming and info.is_main)
+    dataset = ReplaceBadImages(MultiCropDataset(paths, augment, uint8=True), labels, cfg.seed, bad,
+                               paths)
+    dist.barrier()                                   # no rank lists an image before rank 0 reset it
     loader = torch.utils.data.DataLoader(
-        MultiCropDataset(paths, augment, uint8=True), batch_sampler=sampler,
+        dataset, batch_sampler=sampler,
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0, worker_init_fn=_worker_init,
         generator=torch.Generator())  # own generator: keep global RNG untouched
@@ -306,7 +318,7 @@ def setup_run(data, cfg: PretrainConfig, out: Path, log: Callable[[str], None] |
                loss_fn=loss_fn, optimizer=torch.optim.AdamW(param_groups(student), lr=cfg.lr),
                scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
                monitor=CollapseMonitor(cfg.out_dim, cfg.collapse_patience), autocast=autocast,
-               net_info=net_info)
+               net_info=net_info, bad_images=bad)
 
 
 def restore(run: Run, state: dict | None) -> None:
@@ -473,7 +485,8 @@ def train_one_epoch(run: Run, max_steps: float, metrics: MetricsLog, bar, callba
 
 def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathLike, *,
              progress: bool = True, callbacks: Iterable[Callable[[dict], None]] = (),
-             log: Callable[[str], None] | None = None) -> PretrainResult:
+             log: Callable[[str], None] | None = None,
+             max_bad_share: float = 0.01) -> PretrainResult:
     """Pre-train ``config.arch`` on the identities of a manifest; resume if ``out_dir`` has a
     checkpoint.
 
@@ -490,6 +503,9 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
             on the training device (formatting or ``float()`` reads one: a host sync, so read
             them only now and then); ``result.history`` and metrics.jsonl hold floats.
         log: function for one-line messages (default: rich console on rank 0).
+        max_bad_share: unreadable images are replaced by another image of their identity and
+            listed in ``out_dir/bad_images.txt``; past this share of the images the run stops
+            (:mod:`cion.data.images`).
 
     Returns:
         :class:`PretrainResult`.
@@ -497,7 +513,7 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(dict(config or {}))
     out = Path(out_dir)
     state = _check_resumable(cfg, out / "checkpoint.pt")
-    run = setup_run(data, cfg, out, log)
+    run = setup_run(data, cfg, out, log, max_bad_share=max_bad_share, resuming=state is not None)
     restore(run, state)
     info = run.info
     if info.is_main:
@@ -524,6 +540,9 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
     if info.is_main and run.history:
         run.log(f"done: {run.global_step} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
                 f"teacher backbone: {backbone_path}")
+    if info.is_main and run.bad_images.count:
+        run.log(f"{run.bad_images.count} unreadable image(s) were replaced by other images of "
+                f"their identity; listed in {run.bad_images.list_path}")
     return PretrainResult(out_dir=out, backbone=backbone_path, checkpoint=run.checkpoint_path,
                           metrics=out / "metrics.jsonl", config=out / "config.json",
                           steps=run.global_step, epoch=run.epoch,
