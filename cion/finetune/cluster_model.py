@@ -1,4 +1,4 @@
-"""The Cluster Contrast network (paper Sec. 4.3, USL / UDA): backbone -> GeM pooling (learnable
+"""The Cluster Contrast network (paper Sec. 4.2, Table 2: USL / UDA): backbone -> GeM pooling (learnable
 exponent, initial 3) -> BatchNorm1d with a frozen zero bias -> L2 normalisation, in training and
 in evaluation alike.
 
@@ -12,19 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class GeM(nn.Module):
-    """Generalised-mean pooling ``(mean(x.clamp(eps) ** p)) ** (1 / p)`` over h, w with a
-    learnable ``p``: (B, C, h, w) -> (B, C)."""
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6):
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.p.clamp(min=1.0)
-        return x.float().clamp(min=self.eps).pow(p).mean((2, 3)).pow(1.0 / p).to(x.dtype)
+from cion.finetune.pooling import GeM
 
 
 def _feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor | None:

@@ -29,6 +29,7 @@ from torch import nn
 
 from cion.errors import CionError
 from cion.finetune.losses import batch_hard_triplet, smoothed_cross_entropy
+from cion.finetune.pooling import GeM
 
 #: head names, in the order of every per-head list MGN returns
 HEADS = ("b1", "b2", "b3", "b21", "b22", "b31", "b32", "b33")
@@ -53,19 +54,6 @@ def mgn_supported(arch: str) -> bool:
     from cion.models.registry import canonical_name
 
     return canonical_name(arch) in mgn_archs()
-
-
-class GeM(nn.Module):
-    """Generalised-mean pooling ``mean(x.clamp(eps) ** p) ** (1 / p)`` over (h, w), learnable
-    ``p`` (initial 3): (B, C, h, w) -> (B, C). Computed in float32."""
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6):
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().clamp(min=self.eps).pow(self.p).mean((2, 3)).pow(1.0 / self.p).to(x.dtype)
 
 
 class CircleSoftmax(nn.Module):
