@@ -18,28 +18,19 @@ from pathlib import Path
 
 import torch
 
-from cion.errors import CionError
-from cion.fileio import atomic_write
-from cion.models.checkpoint import save_backbone  # noqa: F401  (re-exported for the trainer)
-from cion.pretrain.checkpoint import rng_state, set_rng_state  # noqa: F401
+from cion.models.checkpoint import save_backbone
+from cion.training import state as _state
+from cion.training.state import rng_state, set_rng_state  # noqa: F401  (re-exported for the trainer)
 
 FORMAT = "cion-finetune-1"
 
 
 def save_state(state: dict, path: str | Path) -> Path:
-    state = dict(state, format=FORMAT)
-    return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    return _state.save_state(state, path, FORMAT)
 
 
 def load_state(path: str | Path) -> dict:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
-        raise CionError(f"{path}: cannot read the checkpoint ({err}). Fix: delete it to start "
-                        "over, or pass another --out") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CionError(f"{path}: not a cion fine-tuning checkpoint. Fix: use another --out")
-    return state
+    return _state.load_state(path, FORMAT, "fine-tuning")
 
 
 def save_model(model: torch.nn.Module, path: str | Path, metadata: dict) -> Path:

@@ -22,23 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cion.errors import CionError
+from cion.training.config import parse_size
 
 MODES = ("supervised", "mgn", "usl", "uda")
 CLUSTER_MODES = ("usl", "uda")
-
-
-def _size(v, name: str) -> tuple[int, int]:
-    if isinstance(v, str):
-        try:
-            h, w = (int(x) for x in v.lower().split("x"))
-        except ValueError:
-            raise CionError(f"{name} must look like HEIGHTxWIDTH, e.g. 256x128 (got '{v}')") from None
-        return h, w
-    try:
-        h, w = v
-        return int(h), int(w)
-    except (TypeError, ValueError):
-        raise CionError(f"{name} must be [height, width], e.g. [256, 128] (got {v!r})") from None
 
 
 @dataclass
@@ -116,7 +103,7 @@ class FinetuneConfig:
                     setattr(self, f.name, float(value))
                 except ValueError:
                     raise CionError(f"{f.name} must be a number (got '{value}')") from None
-        self.img_size = _size(self.img_size, "img_size")
+        self.img_size = parse_size(self.img_size, "img_size")
         self.check()
 
     def check(self) -> "FinetuneConfig":

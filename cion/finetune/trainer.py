@@ -41,6 +41,7 @@ from cion.finetune.data import TrainImages, extract, preload
 from cion.finetune.objectives import build_objective, reduce_stats
 from cion.finetune.transforms import TrainAugment
 from cion.training.collectives import average_buffers, sync_batchnorm
+from cion.training.precision import resolve_precision
 from cion.training.schedules import warmup_hold_cosine, warmup_step_decay
 
 REPORT = "finetune.json"
@@ -120,17 +121,6 @@ def training_rows(ds, cfg: FinetuneConfig):
     sub = train[keep]
     sub.attrs.update(train.attrs)
     return resolve_paths(sub), labels.astype(np.int64), cams[keep], uniq
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise CionError("precision fp16 needs a CUDA GPU (its gradient scaler is GPU-only). "
-                        "Fix: --set precision=bf16 or fp32 on CPU")
-    return precision
 
 
 def learning_rate(cfg: FinetuneConfig, progress: float) -> float:
@@ -255,7 +245,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         console = Console(stderr=True)
         log = ((lambda msg: console.print(f"[finetune] {msg}", highlight=False, markup=False))
                if info.is_main else (lambda msg: None))
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, fix="--set precision=bf16 or fp32 on CPU")
     if cfg.batch_size % info.world_size or (cfg.batch_size // info.world_size) % cfg.instances:
         raise CionError(f"batch_size {cfg.batch_size} does not split into {info.world_size} "
                         f"processes of whole groups of instances = {cfg.instances}. Fix: a "

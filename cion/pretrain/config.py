@@ -12,17 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cion.errors import CionError
-
-
-def _size(v, name: str) -> tuple[int, int]:
-    if isinstance(v, str):
-        try:
-            h, w = (int(x) for x in v.lower().split("x"))
-        except ValueError:
-            raise CionError(f"{name} must look like HEIGHTxWIDTH, e.g. 256x128 (got '{v}')") from None
-        return h, w
-    h, w = v
-    return int(h), int(w)
+from cion.training.config import parse_size
 
 
 @dataclass
@@ -84,8 +74,8 @@ class PretrainConfig:
                     setattr(self, f.name, float(value))
                 except ValueError:
                     raise CionError(f"{f.name} must be a number (got '{value}')") from None
-        self.global_size = _size(self.global_size, "global_size")
-        self.local_size = _size(self.local_size, "local_size")
+        self.global_size = parse_size(self.global_size, "global_size")
+        self.local_size = parse_size(self.local_size, "local_size")
         self.global_scale = tuple(float(v) for v in self.global_scale)
         self.local_scale = tuple(float(v) for v in self.local_scale)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

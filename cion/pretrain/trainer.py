@@ -46,6 +46,7 @@ from cion.pretrain.config import PretrainConfig
 from cion.pretrain.head import DINOHead, MultiCropNet
 from cion.pretrain.loss import IdentityDINOLoss
 from cion.pretrain.monitor import CollapseMonitor
+from cion.training.precision import resolve_precision
 from cion.training.schedules import schedule_values
 
 
@@ -123,17 +124,6 @@ def training_step(student: MultiCropNet, student_ddp: nn.Module, teacher: MultiC
     scaler.update()
     ema_update(teacher, student, sched["momentum"])
     return stats
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise CionError("precision fp16 needs a CUDA GPU (its gradient scaler is GPU-only). "
-                        "Fix: use precision bf16 or fp32 on CPU")
-    return precision
 
 
 def build_networks(cfg: PretrainConfig, device: torch.device, info: dist.DistInfo):
