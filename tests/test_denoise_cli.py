@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 from cion.cli import main
-from cion.data.manifest import new_manifest, read_manifest, write_manifest
+from cion.data.manifest import new_manifest, read_manifest, resolve_paths, write_manifest
 from cion.denoise import denoise
 from cion.denoise.metrics import pairwise_precision_recall
 
@@ -16,6 +17,11 @@ def _run(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     return exc.value.code
+
+
+def _files(df, root=None):
+    """The image files ``df`` names, as canonical absolute paths."""
+    return [os.path.realpath(p) for p in resolve_paths(df, root=root)]
 
 
 @pytest.fixture()
@@ -35,6 +41,29 @@ def small(tmp_path):
     return man, feats, X, df
 
 
+def test_output_in_another_folder_still_names_the_images(small, tmp_path):
+    """Relative paths are relative to the manifest's folder: denoising into another folder
+    must rewrite them, or pretraining on the output cannot read a single image."""
+    man, feats, X, df = small
+    for p in df["path"]:
+        (tmp_path / p).write_bytes(b"x")
+    (tmp_path / "abs.jpg").write_bytes(b"x")
+    df.loc[0, "path"] = str(tmp_path / "abs.jpg")        # absolute paths stay as they are
+    write_manifest(df, man)
+    out = tmp_path / "runs" / "deep" / "den.parquet"
+    assert _run(["denoise", "--data", str(man), "--features", str(feats), "--out", str(out),
+                 "--range", "5"]) == 0
+    res = read_manifest(out, check_paths=True)            # raises if any image is missing
+    assert _files(res) == _files(read_manifest(man))
+    assert res["path"].iloc[0] == str(tmp_path / "abs.jpg")
+    assert res["path"].iloc[1] == "../../i1.jpg"          # still relative: the tree can move
+    # into the manifest's own folder: paths unchanged
+    same = tmp_path / "den.parquet"
+    assert _run(["denoise", "--data", str(man), "--features", str(feats), "--out", str(same),
+                 "--range", "5"]) == 0
+    np.testing.assert_array_equal(read_manifest(same)["path"], read_manifest(man)["path"])
+
+
 def test_cli_output_contract(small, tmp_path, capsys):
     man, feats, X, df = small
     out = tmp_path / "out" / "den.parquet"
@@ -45,7 +74,8 @@ def test_cli_output_contract(small, tmp_path, capsys):
     assert len(res) == len(df)
     assert list(res.columns) == list(df.columns) + ["status"]
     np.testing.assert_array_equal(res["extra_col"], df["extra_col"])
-    np.testing.assert_array_equal(res["path"], df["path"])
+    # the same images, named from the output's folder
+    assert _files(res) == _files(df, root=tmp_path)
     ref = denoise(X.astype(np.float16), df["video"], df["tracklet"], range_half_width=5)
     np.testing.assert_array_equal(res["identity"], ref.identity)
     assert set(res["status"]) <= {"kept", "reallocated", "discarded"}

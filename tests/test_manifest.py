@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cion.data.manifest import COLUMNS, ManifestError, new_manifest, read_manifest, resolve_paths, validate, write_manifest
+from cion.data.manifest import (COLUMNS, ManifestError, new_manifest, read_manifest, rebase_paths,
+                                resolve_paths, validate, write_manifest)
 
 
 def _df(n=4):
@@ -130,6 +131,53 @@ def test_unreadable_and_absent_files(tmp_path):
     bad.write_text("not parquet")
     with pytest.raises(ManifestError, match="not a readable Parquet file"):
         read_manifest(bad)
+
+
+def _files(df, root=None):
+    """The image files ``df`` names, as canonical absolute paths."""
+    return [os.path.realpath(p) for p in resolve_paths(df, root=root)]
+
+
+def test_rebase_paths_names_the_same_files_from_another_folder(tmp_path):
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "data" / "img" / name).write_bytes(b"x")
+    absolute = str(tmp_path / "data" / "img" / "b.jpg")
+    write_manifest(new_manifest(path=["img/a.jpg", absolute], video=["v", "v"], tracklet=[0, 1],
+                                extra=[7, 8]), tmp_path / "data" / "m.parquet")
+    df = read_manifest(tmp_path / "data" / "m.parquet")
+    moved = rebase_paths(df, tmp_path / "out" / "sub")     # need not exist yet
+    assert moved["path"].tolist() == ["../../data/img/a.jpg", absolute]
+    assert df["path"].tolist() == ["img/a.jpg", absolute]   # input untouched
+    assert moved["extra"].tolist() == [7, 8]
+    assert _files(moved) == _files(df)
+    write_manifest(moved, tmp_path / "out" / "sub" / "m.parquet")
+    back = read_manifest(tmp_path / "out" / "sub" / "m.parquet", check_paths=True)
+    assert _files(back) == _files(df)
+    assert rebase_paths(moved, tmp_path / "out" / "sub")["path"].tolist() == moved["path"].tolist()
+    # explicit root (a table without attrs) and a relative root / target, against the cwd
+    plain = pd.DataFrame(df).copy()
+    plain.attrs = {}
+    assert rebase_paths(plain, tmp_path, root=tmp_path / "data")["path"].tolist() == \
+        ["data/img/a.jpg", absolute]
+
+
+def test_rebase_paths_falls_back_to_absolute(tmp_path, monkeypatch):
+    df = new_manifest(path=["img/a.jpg"], video=["v"], tracklet=[0])
+
+    def no_relative_path(path, start=None):                 # Windows: another drive
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.setattr(os.path, "relpath", no_relative_path)
+    moved = rebase_paths(df, tmp_path / "out", root=tmp_path / "data")
+    assert moved["path"].tolist() == [str(tmp_path / "data" / "img" / "a.jpg")]
+
+
+def test_resolve_paths_is_absolute_for_a_relative_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    df = new_manifest(path=["a.jpg"], video=["v"], tracklet=[0])
+    df.attrs["root"] = "data"
+    assert resolve_paths(df) == [str(tmp_path / "data" / "a.jpg")]
 
 
 def test_new_manifest_defaults():

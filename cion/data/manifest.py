@@ -137,9 +137,43 @@ def _resolve(base: Path, p: str) -> Path:
 
 
 def resolve_paths(df: pd.DataFrame, root: str | os.PathLike | None = None) -> list[str]:
-    """Absolute image paths of ``df`` (relative ones joined to ``root``, default ``df.attrs['root']``)."""
-    base = Path(root if root is not None else df.attrs.get("root", "."))
+    """Absolute image paths of ``df`` (relative ones joined to ``root``, default ``df.attrs['root']``,
+    itself made absolute against the current directory)."""
+    base = Path(root if root is not None else df.attrs.get("root", ".")).absolute()
     return [str(_resolve(base, p)) for p in df["path"].tolist()]
+
+
+def rebase_paths(df: pd.DataFrame, new_root: str | os.PathLike,
+                 root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """A copy of ``df`` whose relative paths still name the same files from ``new_root``.
+
+    Use it before writing a manifest to another directory than the one it was read from
+    (relative paths are relative to the manifest's own directory). Each relative path is
+    resolved against ``root`` (default ``df.attrs['root']``, else the current directory) and
+    re-expressed relative to ``new_root`` when possible (``../images/a.jpg``), else made
+    absolute (e.g. another drive on Windows). Absolute paths are kept. The copy's
+    ``attrs['root']`` is ``new_root``, so calling it twice changes nothing.
+
+    Args:
+        df: a manifest, (N rows); not modified.
+        new_root: the directory the manifest will be written to (need not exist yet).
+        root: the directory ``df``'s relative paths are relative to now.
+    """
+    old = Path(root if root is not None else df.attrs.get("root", ".")).resolve()
+    new = Path(new_root).resolve()
+    out = df.copy()
+    if old != new:
+        out["path"] = pd.array([p if os.path.isabs(p) else _relative_or_absolute(old / p, new)
+                                for p in df["path"].astype(str).tolist()], dtype="string")
+    out.attrs["root"] = str(new)
+    return out
+
+
+def _relative_or_absolute(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:                              # no relative path (another drive)
+        return str(path)
 
 
 def new_manifest(path: Iterable[str], video: Iterable[str], tracklet: Iterable[int],
@@ -173,7 +207,11 @@ def read_manifest(path: str | os.PathLike, *, check_paths: bool = False) -> pd.D
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Validate ``df`` and write it to ``path`` atomically (temporary file + rename)."""
+    """Validate ``df`` and write it to ``path`` atomically (temporary file + rename).
+
+    Relative paths are written as they are, so they must be relative to ``path``'s
+    directory: a manifest read from elsewhere goes through :func:`rebase_paths` first.
+    """
     path = Path(path)
     df = validate(df, str(path))
     df.attrs = {}

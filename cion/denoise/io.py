@@ -49,7 +49,8 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
                      whiten: int | None = None, progress: bool = True) -> dict:
     """Denoise the tracklets of a manifest into identities.
 
-    Writes ``out`` (the input rows and columns, ``identity`` filled, ``status`` added),
+    Writes ``out`` (the input rows and columns, ``identity`` filled, ``status`` added; relative
+    image paths rewritten to name the same files from ``out``'s folder),
     ``OUT.stats.json`` (parameters and per-level statistics) and ``OUT.png`` (summary figure).
 
     Args:
@@ -63,7 +64,7 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
 
     Returns the stats dictionary that was written.
     """
-    from cion.data.manifest import read_manifest, write_manifest
+    from cion.data.manifest import read_manifest, rebase_paths, write_manifest
     from cion.denoise.calibrate import calibrate_thresholds
     from cion.denoise.features import open_features, prepare_features
     from cion.denoise.figure import plot_levels
@@ -92,7 +93,7 @@ def denoise_manifest(manifest: str | os.PathLike, features: str | os.PathLike,
     res = denoise(src, df["video"].to_numpy(), df["tracklet"].to_numpy(),
                   sigma_cst=sigma_cst, sigma_drm=sigma_drm, range_half_width=range_half_width,
                   levels=lv, cross_order=cross_order, progress=progress)
-    result = df.copy()
+    result = rebase_paths(df, out_p.parent)        # relative paths: for the output's folder
     result["identity"] = res.identity
     result["status"] = res.status.astype(str)
     stats = {"manifest": str(manifest), "features": str(features), "output": str(out_p),

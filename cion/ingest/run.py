@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cion.data.manifest import write_manifest
+from cion.data.manifest import rebase_paths, write_manifest
 from cion.errors import CionError
 from cion.fileio import atomic_write, ensure_writable_dir
 from cion.ingest.decode import list_videos, video_key
@@ -235,10 +235,7 @@ def merge(inputs: list, out: str | os.PathLike) -> dict:
         if missing_cols:
             raise CionError(f"{f}: not a `cion ingest` manifest (no column(s) {missing_cols}). "
                             "Fix: give manifests written by cion ingest")
-        base = f.resolve().parent
-        df["path"] = [p if os.path.isabs(p) else os.path.relpath(base / p, out.resolve())
-                      for p in df["path"].astype(str)]
-        parts.append(df)
+        parts.append(rebase_paths(df, out, root=f.resolve().parent))
     df = pd.concat(parts, ignore_index=True)
     dup = df.groupby("video")["path"].apply(lambda p: p.str.rsplit("/crops/", n=1).str[0].nunique())
     if (dup > 1).any():
