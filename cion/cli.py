@@ -547,6 +547,10 @@ def finetune(
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Score query vs gallery "
                                   "(mAP / rank-1 / mINP) at the start, every eval_every epochs and at the end."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    max_bad_share: float = typer.Option(0.01, "--max-bad-share", help="Unreadable training images "
+                                        "are replaced by another image of their identity (Cluster "
+                                        "Contrast: made outliers) and listed in OUT/bad_images.txt; "
+                                        "past this share of the images the run stops."),
 ) -> None:
     """Fine-tune a backbone as the paper did: supervised BNNeck, MGN, or Cluster Contrast (USL /
     UDA); resumable, DDP under torchrun, mixed precision. Writes OUT/backbone.safetensors,
@@ -561,7 +565,8 @@ def finetune(
                        seed=seed, num_workers=workers, device=device)
     report = run(cfg, data, out, dataset=dataset, checkpoint=checkpoint,
                  source_checkpoint=source_checkpoint, evaluate=evaluate, progress=progress,
-                 log=lambda msg: typer.echo(msg) if distributed.rank() == 0 else None)
+                 log=lambda msg: typer.echo(msg) if distributed.rank() == 0 else None,
+                 max_bad_share=max_bad_share)
     if distributed.rank() == 0:
         typer.echo(format_summary(report))
     distributed.cleanup()

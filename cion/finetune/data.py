@@ -6,6 +6,11 @@ Training items are the identity samplers' ``(row, aug_seed, label)`` triples
 pad + crop and random erasing (:class:`cion.finetune.transforms.TrainAugment`) depend only on
 its own seed, so a resumed run draws exactly the crops of an uninterrupted one, for any number
 of data-loader workers.
+
+Unreadable images (corrupt, truncated, empty or missing; :mod:`cion.data.images`): reading
+raises :class:`~cion.data.images.BadImageError`, which the trainer turns into a replacement
+(supervised / MGN, :class:`~cion.data.images.ReplaceBadImages`) or an outlier of the epoch
+(Cluster Contrast: :func:`extract` reports the rows instead of stopping).
 """
 from __future__ import annotations
 
@@ -15,21 +20,27 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cion import distributed as dist
-from cion.errors import CionError
-from cion.finetune.transforms import TrainAugment, decode_images, normalize
+from cion.data.images import BadImageError, read_rgb
+from cion.finetune.transforms import TrainAugment, normalize
 
 
 def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of ``path`` resized (bilinear) to ``size`` = (H, W)."""
+    """(H, W, 3) uint8 RGB of ``path`` resized (bilinear) to ``size`` = (H, W); a large JPEG
+    is decoded at a reduced scale (never below twice ``size``).
+
+    Raises:
+        BadImageError: the file is missing, empty, corrupt or truncated.
+    """
     h, w = size
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (2 * w, 2 * h))       # decode large JPEGs at a reduced scale
-            return np.array(img.convert("RGB").resize((w, h), Image.BILINEAR))
-    except (OSError, ValueError) as err:
-        raise CionError(f"{path}: cannot read this image ({err}). Fix: remove it from the "
-                        "dataset or replace the file") from None
+    img = read_rgb(path, draft=(2 * w, 2 * h))
+    return np.array(img.resize((w, h), Image.BILINEAR))
+
+
+def _decoded(images: np.ndarray, errors: dict[int, str] | None, paths: list[str], row: int):
+    """Row ``row`` of an in-memory set; a row that could not be decoded raises again."""
+    if errors and row in errors:
+        raise BadImageError(paths[row], errors[row])
+    return images[row]
 
 
 class TrainImages(torch.utils.data.Dataset):
@@ -41,34 +52,48 @@ class TrainImages(torch.utils.data.Dataset):
         augment: the training augmentation.
         images: optional (N, H, W, 3) uint8 array already decoded (``in_memory``); shared
             copy-on-write with forked workers.
+        image_errors: {row: reason} of the rows of ``images`` that could not be decoded
+            (:func:`preload`); reading them raises :class:`BadImageError` as a file would.
     """
 
     def __init__(self, paths: list[str], size: tuple[int, int], augment: TrainAugment,
-                 images: np.ndarray | None = None):
+                 images: np.ndarray | None = None, image_errors: dict[int, str] | None = None):
         self.paths, self.size, self.augment, self.images = list(paths), tuple(size), augment, images
+        self.image_errors = dict(image_errors or {})
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, item):
         row, seed, label = item
-        img = self.images[row] if self.images is not None else load_image(self.paths[row], self.size)
+        img = (_decoded(self.images, self.image_errors, self.paths, row) if self.images is not None
+               else load_image(self.paths[row], self.size))
         x = self.augment(img[None], np.random.default_rng(int(seed)))[0]
         return x, int(label), int(row)
 
 
 class TestImages(torch.utils.data.Dataset):
-    """``dataset[i] -> image (3, H, W)``: resized and ImageNet-normalised, no augmentation."""
+    """``dataset[i] -> (image (3, H, W), reason)``: resized and ImageNet-normalised, no
+    augmentation. ``reason`` is ``""`` for a readable image; an unreadable one gives a zero
+    image and why it cannot be read (the caller decides: outlier, or stop), so a bad file never
+    raises inside a DataLoader worker."""
 
-    def __init__(self, paths: list[str], size: tuple[int, int], images: np.ndarray | None = None):
+    def __init__(self, paths: list[str], size: tuple[int, int], images: np.ndarray | None = None,
+                 image_errors: dict[int, str] | None = None):
         self.paths, self.size, self.images = list(paths), tuple(size), images
+        self.image_errors = dict(image_errors or {})
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i):
-        img = self.images[i] if self.images is not None else load_image(self.paths[i], self.size)
-        return normalize(img[None])[0]
+        try:
+            img = (_decoded(self.images, self.image_errors, self.paths, i)
+                   if self.images is not None else load_image(self.paths[i], self.size))
+        except BadImageError as err:
+            h, w = self.size
+            return torch.zeros(3, h, w), err.reason or "unreadable"
+        return normalize(img[None])[0], ""
 
 
 def _worker_init(_):
@@ -88,23 +113,34 @@ def loader(dataset, *, batch_sampler=None, batch_size=None, workers: int = 0,
 @torch.no_grad()
 def extract(model: torch.nn.Module, paths: list[str], size: tuple[int, int], *,
             device: torch.device, batch_size: int = 128, workers: int = 0,
-            images: np.ndarray | None = None, autocast=None, shard: bool = False,
-            channels_last: bool = False) -> torch.Tensor:
+            images: np.ndarray | None = None, image_errors: dict[int, str] | None = None,
+            autocast=None, shard: bool = False, channels_last: bool = False,
+            bad: dict[int, str] | None = None) -> torch.Tensor:
     """(N, D) float32 L2-normalised features of ``paths`` (``model`` in eval mode, no flip).
 
     ``shard``: under DDP each rank extracts ``np.array_split`` part ``rank`` of the rows and
     the parts are all-gathered, so every rank returns the same (N, D) tensor (on the CPU).
+
+    Unreadable images: with a ``bad`` dict, their rows are added to it (``{row: reason}``, the
+    same on every rank) and their features are zeros; without, the first one stops the run
+    (:class:`BadImageError`, one line). ``images`` / ``image_errors``: :func:`preload`'s output.
     """
     rows = np.arange(len(paths))
     w = dist.world_size() if shard else 1
     mine = np.array_split(rows, w)[dist.rank()] if w > 1 else rows
     sub_images = images[mine] if images is not None else None
-    data = TestImages([paths[i] for i in mine], size, sub_images)
+    sub_errors = ({j: image_errors[int(r)] for j, r in enumerate(mine) if int(r) in image_errors}
+                  if image_errors else None)
+    data = TestImages([paths[i] for i in mine], size, sub_images, sub_errors)
     was = model.training
     model.eval()
-    feats = []
+    feats, found, seen = [], {}, 0
     try:
-        for x in loader(data, batch_size=batch_size, workers=workers, device=device):
+        for x, reasons in loader(data, batch_size=batch_size, workers=workers, device=device):
+            for j, why in enumerate(reasons):
+                if why:
+                    found[int(mine[seen + j])] = why
+            seen += len(reasons)
             x = x.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -114,8 +150,15 @@ def extract(model: torch.nn.Module, paths: list[str], size: tuple[int, int], *,
     finally:
         model.train(was)
     out = torch.cat(feats) if feats else torch.zeros(0, 1)
+    if shard and dist.is_dist() and w > 1:
+        found = {r: why for part in dist.all_gather_object(found) for r, why in part.items()}
+    if found:
+        if bad is None:
+            first = min(found)
+            raise BadImageError(paths[first], found[first])
+        bad.update(found)
     if w == 1:
-        return out
+        return _zero_rows(out, found)
     # pad every rank's part to the largest, gather, cut the padding
     sizes = [len(p) for p in np.array_split(rows, w)]
     pad = torch.zeros(max(sizes), out.shape[1])
@@ -124,8 +167,14 @@ def extract(model: torch.nn.Module, paths: list[str], size: tuple[int, int], *,
         target = pad.to(device)
         parts = [torch.empty_like(target) for _ in range(w)]
         torch.distributed.all_gather(parts, target)
-        return torch.cat([p[:n].cpu() for p, n in zip(parts, sizes)])
-    return out
+        return _zero_rows(torch.cat([p[:n].cpu() for p, n in zip(parts, sizes)]), found)
+    return _zero_rows(out, found)
+
+
+def _zero_rows(feats: torch.Tensor, rows: dict[int, str]) -> torch.Tensor:
+    if rows:
+        feats[torch.as_tensor(sorted(rows), dtype=torch.long)] = 0
+    return feats
 
 
 class _null:
@@ -136,6 +185,16 @@ class _null:
         return False
 
 
-def preload(paths: list[str], size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W, 3) uint8 of all images (``in_memory``: N x H x W x 3 bytes)."""
-    return decode_images(paths, size)
+def preload(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, dict[int, str]]:
+    """``(images, errors)``: (N, H, W, 3) uint8 of all images (``in_memory``: N x H x W x 3
+    bytes; decoded as :func:`load_image` does) and ``{row: reason}`` of the rows that cannot be
+    read (left black; :class:`TrainImages` / :class:`TestImages` treat them as bad files)."""
+    h, w = size
+    images = np.zeros((len(paths), h, w, 3), np.uint8)
+    errors: dict[int, str] = {}
+    for i, path in enumerate(paths):          # decoding is per file by nature
+        try:
+            images[i] = load_image(path, size)
+        except BadImageError as err:
+            errors[i] = err.reason or "unreadable"
+    return images, errors

@@ -17,6 +17,13 @@ again with the same ``out`` resumes from ``out/checkpoint.pt`` exactly: a run ki
 moment ends with the weights of an uninterrupted one (sampler position, RNG states, optimiser,
 scaler, pseudo-labels and cluster memory are restored; schedules are functions of the position;
 every image's augmentation is a function of its own seed).
+
+An unreadable training image (corrupt, truncated, empty or missing; :mod:`cion.data.images`)
+never stops a run: supervised / MGN replace it by another image of the same identity (the batch
+keeps its shape, a resumed run draws what the uninterrupted one drew); Cluster Contrast makes it
+an outlier of every epoch in which it cannot be read. Each is listed once in
+``out/bad_images.txt``; past ``max_bad_share`` of the training images the run stops with one
+line. An unreadable query / gallery image stops the evaluation with one line naming it.
 """
 from __future__ import annotations
 
@@ -198,7 +205,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
              dataset: str = "market1501", checkpoint: str | os.PathLike | None = None,
              source_checkpoint: str | os.PathLike | None = None, evaluate: bool = True,
              evaluate_start: bool = True, progress: bool = True, callbacks: Iterable[Callable[[dict], None]] = (),
-             log: Callable[[str], None] | None = None) -> dict:
+             log: Callable[[str], None] | None = None, max_bad_share: float = 0.01) -> dict:
     """Fine-tune ``cfg.arch`` in ``cfg.mode`` on the train split of ``data``; resume if
     ``out/checkpoint.pt`` exists.
 
@@ -216,12 +223,16 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         progress: rich progress bar on rank 0.
         callbacks: called after every optimiser step with ``{"step", "epoch", "loss"}``.
         log: one-line messages (default: a rich console on rank 0).
+        max_bad_share: unreadable training images are replaced (supervised / MGN) or made
+            outliers (Cluster Contrast) and listed in ``out/bad_images.txt``; past this share of
+            the training images the run stops (one line).
 
     Returns the content of ``finetune.json``: mode, arch, dataset, config, steps, epochs,
     ``scores`` (``start``, ``end``, ``best``: {mAP, rank1, mINP} fractions; ``history``: one
     entry per evaluation), cluster statistics per epoch (cluster modes), seconds, and the paths
-    of the written files.
+    of the written files, and ``bad_images`` (count and list file).
     """
+    from cion.data.images import BadImageTally, ReplaceBadImages
     from cion.data.readers import read_dataset
     from cion.fileio import atomic_write, ensure_writable_dir
     from cion.models.backbone import build_backbone, is_cnn, load_backbone
@@ -236,6 +247,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
     except CionError as err:      # the readers' hints name `cion evaluate`'s --root; ours is --data
         raise CionError(str(err).replace("--root ", "--data ")) from None
     paths, labels, cams, identities = training_rows(ds, cfg)
+    BadImageTally(len(paths), None, max_share=max_bad_share)      # a bad share fails here
     ensure_writable_dir(out)
 
     info = dist.init(None if cfg.device == "auto" else cfg.device)
@@ -262,6 +274,18 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
                             "new --out")
     for line in ds.describe().splitlines():
         log(line)
+    # unreadable training images: one list per run, shared by workers and ranks (a resumed run
+    # continues it)
+    tally = BadImageTally(len(paths), out / "bad_images.txt", max_share=max_bad_share,
+                          what="finetune", fresh=state is None and info.is_main)
+    dist.barrier()                                   # no rank lists an image before rank 0 reset it
+
+    def note_bad(rows: dict[int, str]) -> None:
+        """List ``rows`` ({row: reason}, the same on every rank); stop past the share."""
+        for r, why in sorted(rows.items()):
+            tally.add(paths[r], why)
+        dist.barrier()
+        tally.check()
 
     # -- network --
     size = tuple(cfg.img_size)
@@ -298,7 +322,9 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         f"{info.world_size} process(es) on {device}, {precision}")
 
     # -- data --
-    images = preload(paths, size) if cfg.in_memory else None
+    images, image_errors = preload(paths, size) if cfg.in_memory else (None, {})
+    if image_errors:
+        note_bad(image_errors)
     augment = TrainAugment(flip_p=cfg.flip_p, pad=cfg.pad, erasing_p=cfg.erasing_p)
     if cfg.cluster:
         from cion.finetune.cluster_sampler import ClusterSampler
@@ -307,7 +333,9 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         from cion.data.sampler import IdentityBatchSampler
         sampler = IdentityBatchSampler(labels, cfg.batch_size, [[0, cfg.instances]], cfg.seed,
                                        rank=info.rank, world_size=info.world_size)
-    train_data = TrainImages(paths, size, augment, images)
+    train_data = TrainImages(paths, size, augment, images, image_errors)
+    if not cfg.cluster:       # an unreadable image -> another of its identity, same seed and label
+        train_data = ReplaceBadImages(train_data, labels, cfg.seed, tally, paths)
 
     def steps_in(epoch: int) -> int:
         if cfg.cluster:
@@ -325,8 +353,18 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
             average_buffers(test)
         kw = dict(device=device, workers=cfg.num_workers, autocast=autocast, shard=True,
                   channels_last=channels_last)
-        qf = extract(test, resolve_paths(ds.query), size, **kw)
-        gf = extract(test, resolve_paths(ds.gallery), size, **kw)
+        feats, bad = [], []
+        for part in ("query", "gallery"):
+            part_paths, rows = resolve_paths(getattr(ds, part)), {}
+            feats.append(extract(test, part_paths, size, bad=rows, **kw))
+            bad += [(part_paths[r], why) for r, why in sorted(rows.items())]
+        if bad:       # a query left out would change the metrics: name the files and stop
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise CionError(f"{len(bad)} query / gallery image(s) cannot be read: {bad[0][0]} "
+                            f"({bad[0][1]}){more}. Fix: repair or replace them (`cion evaluate "
+                            "--skip-bad-images` can score without them), or fine-tune with "
+                            "--no-evaluate")
+        qf, gf = feats
         r = evaluate_features(qf, gf, ds.query["identity"].to_numpy(), ds.gallery["identity"].to_numpy(),
                               ds.query["camera"].to_numpy(), ds.gallery["camera"].to_numpy(),
                               max_rank=10)
@@ -414,12 +452,13 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
                 objective.start_epoch(epoch, resumed=step_in_epoch > 0)
                 if cfg.cluster:
                     if step_in_epoch == 0 or objective.labels is None:
+                        unreadable: dict[int, str] = {}
                         feats = extract(model, paths, size, device=device,
                                         workers=cfg.num_workers, images=images,
-                                        autocast=autocast, shard=True,
-                                        channels_last=channels_last)
-                        from cion.finetune.recluster import recluster
-                        stats = recluster(objective, feats, cfg, epoch)
+                                        image_errors=image_errors, autocast=autocast,
+                                        shard=True, channels_last=channels_last, bad=unreadable)
+                        note_bad(unreadable)
+                        stats = cluster_readable(objective, feats, unreadable, cfg, epoch)
                         del feats
                         clusters.append(dict(stats, epoch=epoch))
                         log(f"epoch {epoch + 1}: {stats['clusters']} clusters, "
@@ -542,10 +581,39 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
     if evaluate:
         report["scores"] = {"start": start_scores, "end": end_scores, "best": best,
                             "history": evals}
+    n_bad = tally.count
+    report["bad_images"] = {"count": n_bad, "list": str(tally.list_path) if n_bad else None}
+    if n_bad:
+        log(f"{n_bad} unreadable training image(s) were "
+            f"{'made outliers' if cfg.cluster else 'replaced by other images of their identity'}; "
+            f"listed in {tally.list_path}")
     if info.is_main:
         atomic_write(out / REPORT, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     dist.barrier()
     return report
+
+
+def cluster_readable(objective, features: torch.Tensor, unreadable: dict[int, str],
+                     cfg: FinetuneConfig, epoch: int) -> dict:
+    """Cluster Contrast's re-clustering (:func:`cion.finetune.recluster.recluster`) of the
+    readable rows of (N, D) ``features`` only: the ``unreadable`` rows are outliers (label -1)
+    for this epoch, so they are never sampled, and they do not shift anyone's neighbours."""
+    from cion.finetune.recluster import recluster
+
+    if not unreadable:
+        return recluster(objective, features, cfg, epoch)
+    n = len(features)
+    good = np.setdiff1d(np.arange(n), np.fromiter(unreadable, np.int64, len(unreadable)))
+    if len(good) < max(cfg.k1, cfg.min_samples):
+        raise CionError(f"epoch {epoch + 1}: only {len(good)} of the {n} training images can be "
+                        f"read; Cluster Contrast needs at least k1 = {cfg.k1}. Fix: repair the "
+                        "images listed in bad_images.txt")
+    stats = recluster(objective, features[torch.as_tensor(good)], cfg, epoch)
+    labels = np.full(n, -1, np.int64)
+    labels[good] = objective.labels
+    objective.labels = labels
+    return dict(stats, outliers=stats["outliers"] + len(unreadable), images=n,
+                unreadable=len(unreadable))
 
 
 def _worker_init(_):
