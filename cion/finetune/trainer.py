@@ -48,6 +48,7 @@ from cion.finetune.data import TrainImages, extract, preload
 from cion.finetune.objectives import build_objective, reduce_stats
 from cion.finetune.transforms import TrainAugment
 from cion.training.collectives import average_buffers, sync_batchnorm
+from cion.training.logging import MetricsLog, progress_bar
 from cion.training.precision import resolve_precision
 from cion.training.schedules import warmup_hold_cosine, warmup_step_decay
 
@@ -145,55 +146,6 @@ def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.Optimi
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-class _Metrics:
-    """metrics.jsonl (+ TensorBoard) on rank 0, opened lazily (nothing is written in --out
-    before the first record); on resume, lines past the checkpoint's step are dropped."""
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int):
-        self.enabled, self.tensorboard, self.out = enabled, tensorboard, out
-        self.path = out / "metrics.jsonl"
-        self.resume_step = resume_step
-        self.tb = None
-        self._opened = False
-
-    def _open(self):
-        self._opened = True
-        if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= self.resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        if self.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.resume_step + 1)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        if not self._opened:
-            self._open()
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"finetune/{record.get('kind', 'train')}/{k}", v,
-                                       record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False)
 
 
 def _scores_line(s: dict) -> str:
@@ -395,7 +347,8 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
             f"{global_step} steps done")
     else:
         torch.manual_seed(cfg.seed + 7919 * (info.rank + 1))   # per-rank stream (dropout)
-    metrics = _Metrics(out, info.is_main, cfg.tensorboard, global_step)
+    metrics = MetricsLog(out, info.is_main, cfg.tensorboard, global_step, prefix="finetune",
+                         default_kind="train")
 
     def write_config() -> None:
         if info.is_main:
@@ -440,7 +393,7 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
         log(f"start: {_scores_line(start_scores)}")
     max_steps = min(cfg.max_steps or math.inf, cfg.steps or math.inf)
     stopped = global_step >= max_steps
-    bar = _progress(progress and info.is_main)
+    bar = progress_bar(progress and info.is_main)
     task = None
     sums: dict = {}
     n_sum, t_last, n_img = 0, time.perf_counter(), 0

@@ -46,6 +46,7 @@ from cion.pretrain.config import PretrainConfig
 from cion.pretrain.head import DINOHead, MultiCropNet
 from cion.pretrain.loss import IdentityDINOLoss
 from cion.pretrain.monitor import CollapseMonitor
+from cion.training.logging import MetricsLog, progress_bar
 from cion.training.precision import resolve_precision
 from cion.training.schedules import schedule_values
 
@@ -164,38 +165,6 @@ def _labels_and_paths(data) -> tuple[pd.DataFrame, list[str], np.ndarray]:
 
 def _worker_init(_):
     torch.set_num_threads(1)
-
-
-class MetricsLog:
-    """metrics.jsonl (+ TensorBoard) on rank 0; on resume drops lines past the checkpoint."""
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int):
-        self.enabled = enabled
-        self.path = out / "metrics.jsonl"
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"pretrain/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ---- the run: setup, restore, one epoch -----------------------------------------------------
@@ -510,10 +479,10 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
         (out / "config.json").write_text(json.dumps(dict(
             cfg.to_dict(), precision_used=run.precision, world_size=info.world_size,
             augment_device_used=str(run.augment_device), **run.net_info), indent=2))
-    metrics = MetricsLog(out, info.is_main, cfg.tensorboard, run.global_step)
+    metrics = MetricsLog(out, info.is_main, cfg.tensorboard, run.global_step, prefix="pretrain")
 
     max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
-    bar = _progress(progress and info.is_main)
+    bar = progress_bar(progress and info.is_main)
     stopped = run.global_step >= max_steps
     clock = {"t": time.perf_counter(), "images": 0}
     run.student.train()
@@ -541,11 +510,3 @@ def pretrain(data, config: PretrainConfig | dict | None, out_dir: str | os.PathL
                           collapsed=run.monitor.warned, history=run.history)
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False)
