@@ -54,53 +54,16 @@ def simulate(n: int, d: int, ids: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def classic_jaccard(features: np.ndarray, k1: int = 30, k2: int = 6) -> np.ndarray:
-    """The public Cluster Contrast ``compute_jaccard_distance`` (CPU search option), dense."""
+    """The classic dense code (:func:`cion.finetune.reference.classic_jaccard`) with the
+    neighbour ranks of the public code (faiss ``IndexFlatL2``, ``index_init_cpu``)."""
     import faiss
-    import torch
-    import torch.nn.functional as F
 
-    n = features.shape[0]
-    index = faiss.IndexFlatL2(features.shape[1])        # index_init_cpu of the public code
+    from cion.finetune.reference import classic_jaccard as dense
+
+    index = faiss.IndexFlatL2(features.shape[1])
     index.add(features)
     _, initial_rank = index.search(features, k1)
-
-    def k_reciprocal_neigh(i, k):
-        forward = initial_rank[i, :k + 1]
-        backward = initial_rank[forward, :k + 1]
-        return forward[np.where(backward == i)[0]]
-
-    nn_k1 = [k_reciprocal_neigh(i, k1) for i in range(n)]
-    nn_half = [k_reciprocal_neigh(i, int(np.around(k1 / 2))) for i in range(n)]
-    feats = torch.from_numpy(features)
-    v = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        rec = nn_k1[i]
-        expansion = rec
-        for cand in rec:
-            cand_rec = nn_half[cand]
-            if len(np.intersect1d(cand_rec, rec)) > 2 / 3 * len(cand_rec):
-                expansion = np.append(expansion, cand_rec)
-        expansion = np.unique(expansion)
-        dist = 2 - 2 * torch.mm(feats[i].unsqueeze(0), feats[expansion].t())
-        v[i, expansion] = F.softmax(-dist, dim=1).view(-1).numpy()
-    if k2 != 1:
-        v_qe = np.zeros_like(v)
-        for i in range(n):
-            v_qe[i, :] = np.mean(v[initial_rank[i, :k2], :], axis=0)
-        v = v_qe
-        del v_qe
-    inv_index = [np.where(v[:, i] != 0)[0] for i in range(n)]
-    jaccard = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        temp_min = np.zeros((1, n), dtype=np.float32)
-        nonzero = np.where(v[i, :] != 0)[0]
-        images = [inv_index[k] for k in nonzero]
-        for j in range(len(nonzero)):
-            temp_min[0, images[j]] += np.minimum(v[i, nonzero[j]], v[images[j], nonzero[j]])
-        jaccard[i] = 1 - temp_min / (2 - temp_min)
-    del inv_index, v
-    jaccard[jaccard < 0] = 0.0
-    return jaccard
+    return dense(features, k1, k2, initial_rank=initial_rank)
 
 
 def _peak_rss_gb() -> float:
