@@ -3,7 +3,7 @@
 For each seed: render synthetic videos (cion.data.synth.video), ingest them, score them against
 the MOTChallenge ground truth (HOTA / IDF1 / MOTA from the trackers package, tracklet purity and
 detection recall from cion.ingest.score), and print one line per seed plus the minimum and mean.
-The tests' thresholds (tests/test_ingest_score.py) sit below the minimum over seeds printed here
+The tests' thresholds (tests/test_ingest_quality.py) sit below the minimum over seeds printed here
 at the tests' settings (--videos 3 --frames 40).
 
     python benchmarks/ingest_synth_quality.py --seeds 0 1 2 3 4 5 --videos 3 --frames 40
