@@ -412,7 +412,7 @@ def zoo_export(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output directory (created)."),
-    quick: bool = typer.Option(False, "--quick", help="Small world, one seed, 80 steps: about 100 s on 2 cores "
+    quick: bool = typer.Option(False, "--quick", help="Small world, one seed, 80 steps: about 50 s on 2 cores "
                                "(a smoke test; its scores are no comparison)."),
     seed: int = typer.Option(0, help="Seed of the world and of the first pre-training run."),
     workers: int = typer.Option(2, help="Worker processes: pre-training runs in parallel (at most the CPU count)."),
