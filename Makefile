@@ -13,6 +13,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# torch and torchvision in ONE command with the rest, so pip keeps the pinned torch build.
 	$(PY) -m pip install torch==2.13.0 torchvision==0.28.0 -r requirements.txt -e .
+	# opencv-python (pulled by trackers) and opencv-python-headless share one cv2 folder; the
+	# headless build goes last so cv2 needs no libGL (servers, CUDA containers).
+	$(PY) -m pip install --force-reinstall --no-deps $$(grep '^opencv-python-headless==' requirements.txt)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -315,3 +315,13 @@ def test_unwritable_out(tiny_videos, capsys):
     assert _cli(["ingest", str(tiny_videos / "videos"), "--out", "/proc/nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/proc/nope" in err[0] and "not writable" in err[0]
+
+
+def test_videos_whose_output_folders_collide_are_refused(tmp_path):
+    from cion.errors import CionError
+    from cion.ingest.decode import list_videos
+
+    (tmp_path / "a b.mp4").write_bytes(b"x")
+    (tmp_path / "a_b.mp4").write_bytes(b"x")
+    with pytest.raises(CionError, match="would share the output folder 'a_b.mp4'"):
+        list_videos([tmp_path])

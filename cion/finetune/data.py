@@ -161,7 +161,10 @@ def extract(model: torch.nn.Module, paths: list[str], size: tuple[int, int], *,
         return _zero_rows(out, found)
     # pad every rank's part to the largest, gather, cut the padding
     sizes = [len(p) for p in np.array_split(rows, w)]
-    pad = torch.zeros(max(sizes), out.shape[1])
+    width = out.shape[1]
+    if dist.is_dist():          # a rank with no rows does not know the feature width
+        width = max(dist.all_gather_object(width if len(out) else 0))
+    pad = torch.zeros(max(sizes), width)
     pad[:len(out)] = out
     if dist.is_dist():
         target = pad.to(device)

@@ -68,7 +68,7 @@ def knn_inner_product(features: np.ndarray, k: int, *, search: str = "auto",
     faiss = _faiss() if search in ("auto", "faiss") else None
     if search == "faiss" and faiss is None:
         raise CionError("neighbour search 'faiss' needs faiss-cpu, which is not installed. "
-                        "Fix: pip install 'cion[fast]' or use search='torch'")
+                        "Fix: pip install faiss-cpu (a dependency of cion) or use search='torch'")
     if faiss is not None:
         # squared L2 as the public Cluster Contrast code searches: on unit vectors it ranks like
         # the inner product (1 - d^2 / 2), and near-ties (1e-7 apart) come out in its order

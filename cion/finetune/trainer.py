@@ -358,6 +358,8 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
                      data=str(data), checkpoint=str(init) if init else None), indent=2)))
 
     def save(next_epoch: int, next_step: int) -> None:
+        if not synced:              # one model on every rank: what rank 0 writes is what all resume
+            average_buffers(model)
         rngs = dist.all_gather_object(rng_state())
         if info.is_main:
             save_state({
@@ -406,6 +408,8 @@ def finetune(cfg: FinetuneConfig, data: str | os.PathLike, out: str | os.PathLik
                 if cfg.cluster:
                     if step_in_epoch == 0 or objective.labels is None:
                         unreadable: dict[int, str] = {}
+                        if not synced:   # every rank embeds its share with the same BN statistics
+                            average_buffers(model)
                         feats = extract(model, paths, size, device=device,
                                         workers=cfg.num_workers, images=images,
                                         image_errors=image_errors, autocast=autocast,

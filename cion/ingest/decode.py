@@ -143,7 +143,8 @@ def list_videos(inputs: list[str | os.PathLike]) -> list[tuple[str, Path]]:
     files found (recursively) in a folder. Ids must be unique: they name the output.
 
     Raises:
-        CionError: an input does not exist, a folder holds no videos, or two ids collide.
+        CionError: an input does not exist, a folder holds no videos, or two ids (or their
+            output folder names, :func:`video_key`) collide.
     """
     found: dict[str, Path] = {}
     for item in inputs:
@@ -164,6 +165,12 @@ def list_videos(inputs: list[str | os.PathLike]) -> list[tuple[str, Path]]:
                 raise CionError(f"two videos would share the id '{vid}' ({found[vid]} and {path})."
                                 " Fix: rename one, or give their common parent folder")
             found[vid] = path
+    keys: dict[str, str] = {}
+    for vid in sorted(found):            # ids name output folders through video_key
+        other = keys.setdefault(video_key(vid), vid)
+        if other != vid:
+            raise CionError(f"videos '{other}' and '{vid}' would share the output folder "
+                            f"'{video_key(vid)}'. Fix: rename one of them")
     return sorted(found.items())
 
 
