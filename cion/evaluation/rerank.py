@@ -178,6 +178,28 @@ def _weights(src: _Source, nn: torch.Tensor, row_max: torch.Tensor, k1: int, k2:
     return v
 
 
+def _pair_cost(rows: sp.csr_matrix, col_nnz: np.ndarray) -> np.ndarray:
+    """(R,) number of (row nonzero, column nonzero) pairs each row of ``rows`` expands to."""
+    return (np.add.reduceat(np.append(col_nnz[rows.indices], 0), rows.indptr[:-1])
+            * (np.diff(rows.indptr) > 0))
+
+
+def _shared_minima(rows: sp.csr_matrix, s: int, e: int, cols: sp.csc_matrix,
+                   col_nnz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j) of a row i in ``rows[s:e]`` and a row j of ``cols`` that share a nonzero
+    column k, with ``min(rows[i, k], cols[j, k])``: three flat arrays (i - s, j, min) whose sums
+    over (i, j) are the Jaccard numerators (duplicate pairs, one per shared k, not summed)."""
+    lo, hi = rows.indptr[s], rows.indptr[e]
+    k = rows.indices[lo:hi]
+    cnt = col_nnz[k]
+    tot = int(cnt.sum())
+    r = np.repeat(np.arange(e - s), np.diff(rows.indptr[s:e + 1]))
+    # positions (in cols) of every row j of column k, for every nonzero (i, k) of the chunk
+    first = np.repeat(cols.indptr[k] - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
+    contrib = np.minimum(np.repeat(rows.data[lo:hi], cnt), cols.data[first])
+    return np.repeat(r, cnt), cols.indices[first], contrib
+
+
 def _jaccard_chunks(v: sp.csr_matrix, num_q: int, pair_budget: int
                     ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Pass 4: (start, stop, (b, G) float32 Jaccard distance) for consecutive query chunks."""
@@ -187,22 +209,14 @@ def _jaccard_chunks(v: sp.csr_matrix, num_q: int, pair_budget: int
     col_nnz = np.diff(gal.indptr)
     vq = v[:num_q]
     # cost of each query = number of (query nonzero, gallery nonzero) pairs it expands to
-    cost = np.add.reduceat(np.append(col_nnz[vq.indices], 0), vq.indptr[:-1]) * (np.diff(vq.indptr) > 0)
+    cost = _pair_cost(vq, col_nnz)
     rows_cap = max(1, pair_budget // max(ng, 1))     # the dense (rows, G) accumulator
     s = 0
     while s < num_q:
         acc = np.cumsum(cost[s:s + rows_cap])
         e = s + max(1, int(np.searchsorted(acc, pair_budget, side="right")))
-        lo, hi = vq.indptr[s], vq.indptr[e]
-        k = vq.indices[lo:hi]
-        a = vq.data[lo:hi]
-        r = np.repeat(np.arange(e - s), np.diff(vq.indptr[s:e + 1]))
-        cnt = col_nnz[k]
-        tot = int(cnt.sum())
-        # positions of every gallery nonzero of column k, for every query nonzero (i, k)
-        first = np.repeat(gal.indptr[k] - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
-        contrib = np.minimum(np.repeat(a, cnt), gal.data[first])
-        flat = np.repeat(r, cnt) * ng + gal.indices[first]
+        i, j, contrib = _shared_minima(vq, s, e, gal, col_nnz)
+        flat = i * ng + j
         smin = np.bincount(flat, weights=contrib, minlength=(e - s) * ng).reshape(e - s, ng)
         smin = smin.astype(np.float32)
         yield s, e, 1 - smin / (2.0 - smin)

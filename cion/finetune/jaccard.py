@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from cion.errors import CionError
-from cion.evaluation.rerank import _reciprocal
+from cion.evaluation.rerank import _pair_cost, _reciprocal, _shared_minima
 
 #: rows of the (rows, N) similarity block held at once by the exact top-k search
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
@@ -159,8 +159,7 @@ def _jaccard_sparse(v: sp.csr_matrix, pair_budget: int) -> sp.csr_matrix:
     vc = v.tocsc()                                            # column k -> rows j with V[j, k] > 0
     col_nnz = np.diff(vc.indptr).astype(np.int64)
     # cost of each row = number of (its nonzero, column nonzero) pairs it expands to
-    per_entry = col_nnz[v.indices]
-    cost = np.add.reduceat(np.append(per_entry, 0), v.indptr[:-1]) * (np.diff(v.indptr) > 0)
+    cost = _pair_cost(v, col_nnz)
     indptr = [np.zeros(1, dtype=np.int64)]
     indices_l, data_l = [], []
     done = 0
@@ -168,19 +167,11 @@ def _jaccard_sparse(v: sp.csr_matrix, pair_budget: int) -> sp.csr_matrix:
     while s < n:
         acc = np.cumsum(cost[s:])
         e = s + max(1, int(np.searchsorted(acc, pair_budget, side="right")))
-        lo, hi = v.indptr[s], v.indptr[e]
-        k = v.indices[lo:hi]
-        a = v.data[lo:hi]
-        r = np.repeat(np.arange(e - s), np.diff(v.indptr[s:e + 1]))
-        cnt = col_nnz[k]
-        tot = int(cnt.sum())
-        # positions (in vc) of every row j of column k, for every nonzero (i, k) of the chunk
-        first = np.repeat(vc.indptr[k] - np.cumsum(cnt) + cnt, cnt) + np.arange(tot)
-        contrib = np.minimum(np.repeat(a, cnt), vc.data[first])
+        i, jj, contrib = _shared_minima(v, s, e, vc, col_nnz)
         # (+ an explicit (i, i) entry of 0, so the diagonal is stored even for an empty row)
         smin = sp.csr_matrix((np.concatenate([contrib, np.zeros(e - s, np.float32)]),
-                              (np.concatenate([np.repeat(r, cnt), np.arange(e - s)]),
-                               np.concatenate([vc.indices[first], np.arange(s, e)]))),
+                              (np.concatenate([i, np.arange(e - s)]),
+                               np.concatenate([jj, np.arange(s, e)]))),
                              shape=(e - s, n), dtype=np.float32)     # sums duplicate (i, j)
         smin.sum_duplicates()
         rows = np.repeat(np.arange(s, e), np.diff(smin.indptr))
